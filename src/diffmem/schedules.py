@@ -1,0 +1,125 @@
+"""Noise parametrisations and their conversions, all in one place.
+
+Three equivalent ways to say "how noisy" (SPEC §0):
+
+* **VE noise level σ** (EDM, KK26): ``x = y + σ n``.  This is the currency of
+  the whole toolkit: every denoiser takes ``(x, sigma)`` in VE form.
+* **OU / VP time t** (BUBM25 theory): ``x_t = e^{-t} y + sqrt(1 - e^{-2t}) ξ``.
+  Dividing a VP state by ``e^{-t}`` gives a VE state with ``σ² = e^{2t} − 1``.
+* **Discrete DDPM index i** (BUBM25 code): ``T = 1000`` steps, β linear from
+  1e-4 to 2e-2, ``ᾱ_i = Π_{s≤i}(1 − β_s)``, ``t = −½ log ᾱ_i``,
+  ``σ_i² = (1 − ᾱ_i)/ᾱ_i``.
+
+"What σ is t = 0.01?" -> ``ou_t_to_sigma(0.01)``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+__all__ = [
+    "ou_t_to_sigma",
+    "sigma_to_ou_t",
+    "vp_scale",
+    "DDPMSchedule",
+    "karras_sigmas",
+]
+
+
+def ou_t_to_sigma(t):
+    """VE σ of OU time t: ``σ² = e^{2t} − 1``.  Works on floats, numpy, torch."""
+    if isinstance(t, torch.Tensor):
+        return torch.sqrt(torch.expm1(2 * t))
+    return np.sqrt(np.expm1(2 * np.asarray(t, dtype=np.float64)))
+
+
+def sigma_to_ou_t(sigma):
+    """OU time of VE σ: ``t = ½ log(1 + σ²)``."""
+    if isinstance(sigma, torch.Tensor):
+        return 0.5 * torch.log1p(sigma**2)
+    return 0.5 * np.log1p(np.asarray(sigma, dtype=np.float64) ** 2)
+
+
+def vp_scale(sigma):
+    """``e^{-t} = 1/sqrt(1 + σ²)``: multiply a VE state by this to get the VP state."""
+    if isinstance(sigma, torch.Tensor):
+        return torch.rsqrt(1 + sigma**2)
+    return 1.0 / np.sqrt(1.0 + np.asarray(sigma, dtype=np.float64) ** 2)
+
+
+@dataclass(frozen=True)
+class DDPMSchedule:
+    """The discrete DDPM schedule of the BUBM25 code (linear β).
+
+    Arrays are float64 numpy of length ``T``; index ``i`` runs over ``0..T-1``.
+    """
+
+    T: int = 1000
+    beta_start: float = 1e-4
+    beta_end: float = 2e-2
+
+    @property
+    def betas(self) -> np.ndarray:
+        return np.linspace(self.beta_start, self.beta_end, self.T, dtype=np.float64)
+
+    @property
+    def alphas_bar(self) -> np.ndarray:
+        return np.cumprod(1.0 - self.betas)
+
+    @property
+    def sigmas(self) -> np.ndarray:
+        """VE σ_i = sqrt((1 − ᾱ_i)/ᾱ_i), increasing in i."""
+        ab = self.alphas_bar
+        return np.sqrt((1.0 - ab) / ab)
+
+    @property
+    def ou_times(self) -> np.ndarray:
+        """OU time t_i = −½ log ᾱ_i."""
+        return -0.5 * np.log(self.alphas_bar)
+
+    def index_to_sigma(self, i):
+        """σ of integer index/indices i (numpy or torch, same type back)."""
+        s = self.sigmas
+        if isinstance(i, torch.Tensor):
+            return torch.as_tensor(s, dtype=torch.float64, device=i.device)[i.long()]
+        return s[np.asarray(i, dtype=np.int64)]
+
+    def index_to_t(self, i):
+        return self.ou_times[np.asarray(i, dtype=np.int64)]
+
+    def sigma_to_index(self, sigma):
+        """Continuous (fractional) index of σ: linear interpolation in log σ.
+
+        Used as the noise label fed to networks trained on DDPM indices, so that
+        such networks can be queried at any σ inside the schedule's range.
+        """
+        log_s = np.log(self.sigmas)
+        idx = np.arange(self.T, dtype=np.float64)
+        if isinstance(sigma, torch.Tensor):
+            ls = torch.as_tensor(log_s, dtype=sigma.dtype, device=sigma.device)
+            x = torch.log(sigma.clamp_min(1e-12))
+            j = torch.searchsorted(ls, x.contiguous()).clamp(1, self.T - 1)
+            lo, hi = ls[j - 1], ls[j]
+            w = ((x - lo) / (hi - lo)).clamp(0.0, 1.0)
+            return (j - 1).to(sigma.dtype) + w
+        return np.interp(np.log(np.asarray(sigma, dtype=np.float64)), log_s, idx)
+
+    def t_to_index(self, t) -> int:
+        """Nearest DDPM index of OU time t (e.g. t = 0.01 -> 39)."""
+        return int(np.argmin(np.abs(self.ou_times - t)))
+
+
+def karras_sigmas(n: int, sigma_min: float = 0.002, sigma_max: float = 80.0, rho: float = 7.0) -> np.ndarray:
+    """EDM time discretisation: n decreasing σ from σ_max to σ_min, then a final 0.
+
+    Returns float64 array of length ``n + 1``.
+    """
+    if n < 1:
+        raise ValueError("need at least one step")
+    i = np.arange(n, dtype=np.float64)
+    ramp = i / max(n - 1, 1)
+    s = (sigma_max ** (1 / rho) + ramp * (sigma_min ** (1 / rho) - sigma_max ** (1 / rho))) ** rho
+    return np.append(s, 0.0)
