@@ -104,18 +104,22 @@ def _opt(a, size: int) -> np.ndarray | None:
 def running_median(x: np.ndarray, window: int) -> np.ndarray:
     """Centred running median over ``window`` consecutive points (NaN-aware).
 
-    The window shrinks symmetrically at the ends (the first and last points
-    are kept as they are), so the output has the input's length.
-    ``window <= 1`` returns a copy.
+    Works along the last axis of ``x`` ([..., K]).  The window shrinks
+    symmetrically at the ends (the first and last points are kept as they
+    are), so the output has the input's shape.  ``window <= 1`` returns a copy.
     """
     x = np.asarray(x, dtype=np.float64)
-    if window <= 1 or x.size < 3:
-        return x.copy()
+    out = x.copy()
+    k = x.shape[-1]
+    if window <= 1 or k < 3:
+        return out
     h = window // 2
-    out = np.empty_like(x)
-    for i in range(x.size):
-        r = min(h, i, x.size - 1 - i)
-        out[i] = np.nanmedian(x[i - r : i + r + 1])
+    radius = np.minimum(np.minimum(np.arange(k), k - 1 - np.arange(k)), h)
+    for r in range(1, h + 1):
+        idx = np.flatnonzero(radius == r)
+        if idx.size:
+            stack = np.stack([x[..., idx + d] for d in range(-r, r + 1)], axis=-1)
+            out[..., idx] = np.nanmedian(stack, axis=-1)
     return out
 
 
@@ -127,11 +131,12 @@ def _bracket(s: np.ndarray, i: int) -> tuple[float, float]:
 # τ_gen
 
 
-def _first_within(q: np.ndarray, rel_tol: float, abs_tol: float, smooth: int) -> int:
+def _first_within(q: np.ndarray, rel_tol: float, abs_tol: float, smooth: int) -> np.ndarray:
+    """Index of the first point within tolerance of the best, per row of q [..., K]."""
     qs = running_median(q, smooth)
-    best = np.nanmin(qs)
-    thr = best + max(rel_tol * abs(best), abs_tol)
-    return int(np.flatnonzero(qs <= thr)[0])
+    best = np.nanmin(qs, axis=-1, keepdims=True)
+    thr = best + np.maximum(rel_tol * np.abs(best), abs_tol)
+    return np.argmax(qs <= thr, axis=-1)  # argmax of a boolean = first True (the best itself qualifies)
 
 
 def tau_gen(
@@ -180,7 +185,7 @@ def tau_gen(
     err = _opt(errors, ok.size)
     err = None if err is None else err[ok]
 
-    i = _first_within(q, rel_tol, abs_tol, smooth)
+    i = int(_first_within(q, rel_tol, abs_tol, smooth))
     lo, hi = _bracket(s, i)
     qs = running_median(q, smooth)
     best = float(np.nanmin(qs))
@@ -196,9 +201,7 @@ def tau_gen(
     if err is not None and n_boot > 0 and np.any(np.nan_to_num(err) > 0):
         rng = np.random.default_rng(seed)
         e = np.nan_to_num(err, nan=0.0)
-        idx = np.array(
-            [_first_within(q + e * rng.standard_normal(q.size), rel_tol, abs_tol, smooth) for _ in range(n_boot)]
-        )
+        idx = _first_within(q + e * rng.standard_normal((n_boot, q.size)), rel_tol, abs_tol, smooth)
         bs = s[idx]
         b_lo, b_hi = np.percentile(bs, [2.5, 97.5])
         # the bootstrap index i* also has a bracket [s[i*-1], s[i*]]
@@ -542,9 +545,10 @@ def phase_boundary(
     trained up to τ are ignored.
 
     Returns:
-        list of ``{"width", "p", "tau", "n_star", "n_tested"}``; ``n_star`` is
-        None when no tested n has f_mem(τ) = 0 (the boundary lies beyond the
-        largest n).
+        list of ``{"width", "p", "tau", "n_star", "n_tested", "status"}``;
+        ``n_star`` is None when no tested n has f_mem(τ) = 0 (``status =
+        "all_memorise"``: the boundary lies beyond the largest n) or no run
+        was trained up to τ (``status = "not_trained"``).
     """
     by_w: dict[Any, list[Mapping[str, Any]]] = {}
     for r in rows:
@@ -569,5 +573,6 @@ def phase_boundary(
                     n_star = ns[j]
             else:
                 n_star = next((k for k, z0 in zip(ns, zero) if z0), None)
-            out.append({"width": w, "p": p, "tau": float(tau), "n_star": n_star, "n_tested": ns})
+            status = "found" if n_star is not None else ("all_memorise" if ns else "not_trained")
+            out.append({"width": w, "p": p, "tau": float(tau), "n_star": n_star, "n_tested": ns, "status": status})
     return out
