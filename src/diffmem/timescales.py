@@ -22,7 +22,8 @@ Definitions (defaults)
     significantly above 0 — lower bootstrap bound ``ci_low > 0`` (else
     ``f − 1.96·stderr > 0``, else ``f > 0``) — and stays so for ``persist = 2``
     consecutive checkpoints (or until the end of the run).  Interval: the
-    bracketing checkpoints [previous, this].
+    bracketing checkpoints [previous, this], widened by a parametric
+    bootstrap of the curve (f ± stderr) when errors are given.
     ``method="level"``: the first crossing of ``level = 0.5`` by
     ``f_mem(τ)/f_mem(τ_max)`` (τ_max = last checkpoint), interpolated linearly
     in log τ between the bracketing checkpoints; interval: the bracket widened
@@ -274,8 +275,13 @@ def tau_mem(
     bounds are given, else ``f − z·stderr > threshold``, else
     ``f > threshold`` — and stays significant for ``persist`` consecutive
     checkpoints (a run of significant checkpoints that reaches the end of the
-    training counts even if shorter).  ``value`` = that checkpoint; interval =
-    ``[previous checkpoint, this checkpoint]``.
+    training counts even if shorter; ``details["truncated_by_end"]`` flags
+    it).  ``value`` = that checkpoint; interval = ``[previous checkpoint,
+    this checkpoint]``, widened (when errors are known) by a parametric
+    bootstrap: every point moved by ``stderr·N(0,1)`` (its ``ci_low``
+    shifted alike), the detection repeated, 2.5 % of the lower brackets and
+    97.5 % of the detections taken (``high = inf`` when more than 2.5 % of
+    replicates never detect).
 
     ``method="level"``: normalise by the final value, ``g = f/f(τ_max)``;
     τ_mem is the first crossing of ``level`` by g, interpolated linearly in
@@ -319,7 +325,30 @@ def tau_mem(
         if i is None:
             return not_reached(m, "f_mem never significantly above threshold")
         lo, hi = _bracket(s, i)
-        return Estimate(float(s[i]), lo, hi, m, True, {"bracket": [lo, hi], "test": test, "persist": persist})
+        details = {"bracket": [lo, hi], "test": test, "persist": persist,
+                   "truncated_by_end": bool(s.size - i < persist)}
+        se_b = se
+        if se_b is None and cl is not None:  # only the lower bound known: symmetric approximation
+            se_b = np.maximum(f - np.nan_to_num(cl, nan=0.0), 0.0) / z
+        if se_b is not None and n_boot > 0:
+            rng = np.random.default_rng(seed)
+            e = np.nan_to_num(se_b, nan=0.0)
+            hits = []
+            for _ in range(n_boot):
+                noise = e * rng.standard_normal(f.size)
+                fb = np.clip(f + noise, 0.0, 1.0)
+                sb, _ = _significant(fb, None if cl is None else cl + noise, None if cl is not None else se, z,
+                                     threshold)
+                j = _first_persistent(sb, persist)
+                hits.append(math.inf if j is None else j)
+            hits_a = np.array(hits)
+            fin = hits_a[np.isfinite(hits_a)].astype(int)
+            if fin.size:
+                b_lo = float(np.percentile(s[np.maximum(fin - 1, 0)], 2.5))
+                b_hi = float(np.percentile(s[fin], 97.5)) if fin.size >= 0.975 * n_boot else math.inf
+                details["bootstrap"] = [b_lo, b_hi]
+                lo, hi = min(lo, b_lo), max(hi, b_hi)
+        return Estimate(float(s[i]), lo, hi, m, True, details)
 
     if method == "level":
         if not 0 < level <= 1:
@@ -389,7 +418,8 @@ def fit_power_law(
         → resample the (n, τ) pairs with replacement (replicates with a
         single distinct n are redrawn); contains ``"errors"`` → jitter each
         log τ by a split normal whose sides put ``tau_low``/``tau_high`` at
-        its 2.5/97.5 % points (only where given).  ``alpha_ci``/``kappa_ci``
+        its 2.5/97.5 % points (only where given; an infinite ``tau_high``
+        mirrors the lower side).  ``alpha_ci``/``kappa_ci``
         are the 2.5–97.5 % percentiles.
       * with ≥ 3 points, the classical OLS standard errors and t-intervals
         (``alpha_se``, ``alpha_ci_t``, ``kappa_ci_t``).
@@ -453,7 +483,7 @@ def fit_power_law(
         lo_l = np.log(t_lo[keep])
         hi_l = np.log(t_hi[keep])
         sd_lo = np.where(np.isfinite(lo_l), np.maximum(y - lo_l, 0.0) / _Z95, 0.0)
-        sd_hi = np.where(np.isfinite(hi_l), np.maximum(hi_l - y, 0.0) / _Z95, 0.0)
+        sd_hi = np.where(np.isfinite(hi_l), np.maximum(hi_l - y, 0.0) / _Z95, sd_lo)  # open upper end: mirror
         if "points" in resample:
             idx = rng.integers(0, m, size=(n_boot, m))
             bad = np.ptp(x[idx], axis=1) == 0
