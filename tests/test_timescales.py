@@ -41,6 +41,7 @@ def sigmoid_log(steps, center, width=0.4):
 def test_tau_gen_step_function():
     q = np.where(STEPS >= 1000, 10.0, 100.0)
     est = tau_gen(STEPS, q, smooth=1)
+    assert isinstance(est, Estimate)
     first = STEPS[STEPS >= 1000][0]
     assert est.reached and est.value == first
     assert est.low == STEPS[np.flatnonzero(STEPS == first)[0] - 1] and est.high == first

@@ -434,7 +434,9 @@ def plot_phase_diagram(boundary: Sequence[dict], path: str | Path, multiples: Se
         c = colormaps["tab10"](j)
         found = [(x, b["n_star"]) for x, b in zip(xs, bs) if b["n_star"] is not None]
         if found:
-            ax.plot(*zip(*found), "-" + markers[j % 5], color=c, ms=7, label=f"τ = {k:g} τ_gen (≈ {bs[0]['tau']:.3g} steps)")
+            steps = f" (≈ {bs[0]['tau']:.3g} steps)" if len(bs) == 1 else ""
+            ax.plot(*zip(*found), "-" + markers[j % 5], color=c, ms=10 - 2 * j, lw=2.5 - 0.6 * j,
+                    label=f"τ = {k:g} τ_gen{steps}")
         miss = [x for x, b in zip(xs, bs) if b.get("status") == "all_memorise"]
         if miss:
             ax.plot(miss, [ymax * 1.6] * len(miss), markers[j % 5], mfc="none", color=c, ms=8,
