@@ -1,0 +1,204 @@
+"""The ``diffmem`` command: thin wrappers over the library (DESIGN principle 5).
+
+Each subcommand parses options, builds a config and calls one library
+function.  A user error (:class:`~diffmem.errors.DiffmemError`) prints one line
+``diffmem: error: ...`` on stderr and exits with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from . import __version__
+from .errors import DiffmemError
+
+
+def _add_config_args(p: argparse.ArgumentParser, default_preset: str | None = "digits") -> None:
+    p.add_argument("--preset", default=default_preset, help="named preset (see `diffmem presets`)")
+    p.add_argument("--config", help="TOML file of config keys (applied after the preset)")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                   help="config overrides, e.g. n=64 steps=5000 model.width=128 optim.lr=0.01")
+
+
+def _resolve(args):
+    from .config import resolve_config
+
+    return resolve_config(args.preset, args.config, args.overrides)
+
+
+def cmd_presets(args) -> int:
+    from .config import PRESETS, RunConfig, _merge
+
+    for name, d in PRESETS.items():
+        print(f"{name}: {json.dumps(_merge(RunConfig().to_dict(), d) if args.full else d)}")
+    return 0
+
+
+def cmd_train(args) -> int:
+    from .train import train
+
+    cfg = _resolve(args)
+    out = train(cfg, args.out, resume=not args.no_resume, progress=not args.no_progress)
+    print(out)
+    return 0
+
+
+def cmd_sample(args) -> int:
+    import numpy as np
+
+    from .samplers import generate
+    from .train import load_denoiser
+
+    den, cfg = load_denoiser(args.run, args.step, device=args.device)
+    shape = tuple(json.loads((Path(args.run) / "config.json").read_text())["data_shape"])
+    if args.n_samples < 1:
+        raise DiffmemError(f"--n-samples must be positive, got {args.n_samples}")
+    seeds = list(range(args.seed, args.seed + args.n_samples))
+    params = {} if args.steps is None else {"steps": args.steps}
+    x = generate(den, shape, seeds, sampler=args.sampler, device=args.device, **params)
+    out = Path(args.out)
+    if out.suffix != ".npy":
+        raise DiffmemError(f"--out must be a .npy file, got {out}")
+    tmp = out.with_name(out.stem + ".tmp.npy")
+    np.save(tmp, x.numpy())
+    tmp.replace(out)
+    print(f"wrote {len(x)} samples of shape {shape} to {out}")
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    from .evaluate import evaluate_run
+
+    recs = evaluate_run(args.run, steps=args.step or None, overrides=args.overrides, out=args.out)
+    if args.json:
+        print(json.dumps(recs))
+    else:
+        for r in recs:
+            print(f"step {r['step']:>8d}  {r['metric']:<24s} {r['value']:.6g}")
+    return 0
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise DiffmemError(f"expected a comma-separated list of integers, got {text!r}") from None
+
+
+def cmd_sweep(args) -> int:
+    from .report import make_report
+    from .sweep import plan_sweep, run_sweep
+
+    base = _resolve(args)
+    plan = plan_sweep(base, _int_list(args.n), _int_list(args.width) if args.width else None,
+                      _int_list(args.seeds) if args.seeds else None)
+    out = run_sweep(plan, args.out, workers=args.workers, executor=args.executor)
+    summary = make_report(out, Path(out) / "report")
+    print(json.dumps(summary, indent=2) if args.json else f"sweep done: {out}  (report in {Path(out) / 'report'})")
+    return 0
+
+
+def cmd_report(args) -> int:
+    from .report import make_report
+
+    summary = make_report(args.sweep, args.out or Path(args.sweep) / "report")
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from .demo import run_demo
+
+    summary = run_demo(args.out, quick=args.quick, workers=args.workers)
+    keys = ("n", "tau_gen", "tau_mem", "slope", "slope_ci")
+    print(json.dumps({k: summary[k] for k in keys if k in summary}, indent=2))
+    print(f"figures and summary.json in {args.out}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="diffmem", description=__doc__.splitlines()[0])
+    p.add_argument("--version", action="version", version=f"diffmem {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    q = sub.add_parser("presets", help="list the named presets")
+    q.add_argument("--full", action="store_true", help="print the fully resolved configs")
+    q.set_defaults(func=cmd_presets)
+
+    q = sub.add_parser("train", help="train one model, evaluating on a log-spaced checkpoint schedule")
+    _add_config_args(q)
+    q.add_argument("--out", required=True, help="run directory (resumed if it already holds this run)")
+    q.add_argument("--no-resume", action="store_true", help="refuse to continue an existing run")
+    q.add_argument("--no-progress", action="store_true")
+    q.set_defaults(func=cmd_train)
+
+    q = sub.add_parser("sample", help="generate samples from a run's checkpoint")
+    q.add_argument("--run", required=True)
+    q.add_argument("--step", type=int, help="checkpoint step (default: last)")
+    q.add_argument("--n-samples", type=int, default=1000)
+    q.add_argument("--seed", type=int, default=0, help="first per-sample seed")
+    q.add_argument("--sampler", default="ddim", help="ddim, ddpm, em, heun")
+    q.add_argument("--steps", type=int, help="sampler steps")
+    q.add_argument("--device", default="cpu")
+    q.add_argument("--out", required=True, help="output .npy file")
+    q.set_defaults(func=cmd_sample)
+
+    q = sub.add_parser("evaluate", help="re-evaluate saved checkpoints of a run")
+    q.add_argument("--run", required=True)
+    q.add_argument("--step", type=int, action="append", help="checkpoint step (repeatable; default: all)")
+    q.add_argument("--out", help="JSON-lines file for the records (default RUN/evaluations.jsonl)")
+    q.add_argument("--json", action="store_true")
+    q.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="eval overrides, e.g. eval.n_samples=1000")
+    q.set_defaults(func=cmd_evaluate)
+
+    q = sub.add_parser("sweep", help="train over n (and width, seeds), then report")
+    _add_config_args(q)
+    q.add_argument("--n", required=True, help="comma-separated training-set sizes")
+    q.add_argument("--width", help="comma-separated model widths")
+    q.add_argument("--seeds", help="comma-separated seeds")
+    q.add_argument("--workers", type=int, default=1)
+    q.add_argument("--executor", default="local", help="local, serial or submitit (SLURM)")
+    q.add_argument("--out", required=True)
+    q.add_argument("--json", action="store_true")
+    q.set_defaults(func=cmd_sweep)
+
+    q = sub.add_parser("report", help="timescales, power-law fit and figures of a sweep directory")
+    q.add_argument("--sweep", required=True)
+    q.add_argument("--out", help="output folder (default SWEEP/report)")
+    q.set_defaults(func=cmd_report)
+
+    from .audit import add_audit_parser
+
+    add_audit_parser(sub)
+
+    q = sub.add_parser("demo", help="the generalisation -> memorisation experiment on the embedded digits")
+    q.add_argument("--out", default="runs/demo")
+    q.add_argument("--quick", action="store_true", help="a 1-2 minute smoke version (fewer steps, smaller n)")
+    q.add_argument("--workers", type=int, default=2)
+    q.set_defaults(func=cmd_demo)
+
+    from .theory.cli import register
+
+    register(sub)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except DiffmemError as e:
+        print(f"diffmem: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("diffmem: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,153 @@
+"""What is measured at each checkpoint (BUBM25 §1, KK26 §5).
+
+:class:`Evaluator` is built once per run; calling it on a denoiser returns the
+metric records of one checkpoint (long format ``{"step", "metric", "value",
+"error", ...}``):
+
+* ``f_mem`` — memorisation fraction of ``eval.n_samples`` generated samples
+  (ratio test ``d1/d2 < threshold`` against the n training points; bootstrap
+  stderr as ``error``, 95 % interval as ``ci_low``/``ci_high``).  The sample
+  seeds are the same at every checkpoint, so sample j can be followed over
+  training.
+* ``quality/fd_pixel``, ``quality/fd_feat``, ``quality/kid`` — sample quality
+  against the held-out set: Fréchet distance in pixel space and in the
+  features of a small network trained on the pool, and KID in those features.
+* ``loss/train``, ``loss/test`` at each OU time in ``eval.loss_t`` (key ``t``
+  and ``sigma``) — the ε-MSE on fixed images with fixed noise draws reused at
+  every checkpoint (BUBM25 Fig. 2 middle; the losses separate ∝ n).
+* ``score_error`` at each ``loss_t`` when the data distribution is known
+  (Gaussian mixture): ``E‖s_θ − s*‖²`` on fresh-but-fixed points of P_σ.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .config import RunConfig
+from .losses import dsm_loss
+from .metrics.memorization import memorization_fraction
+from .samplers import generate
+from .schedules import ou_t_to_sigma
+
+__all__ = ["Evaluator", "probe_losses"]
+
+
+@torch.no_grad()
+def probe_losses(den, y: torch.Tensor, noise: torch.Tensor, sigma: float, batch_size: int = 1024) -> float:
+    """Mean ε-MSE of ``den`` on images ``y [N, ...]`` with fixed ``noise [K, N, ...]`` at one σ."""
+    tot, cnt = 0.0, 0
+    for k in range(noise.shape[0]):
+        for b in range(0, y.shape[0], batch_size):
+            yb = y[b : b + batch_size]
+            s = torch.full((yb.shape[0],), float(sigma), dtype=yb.dtype, device=yb.device)
+            out = dsm_loss(den, yb, s, noise=noise[k, b : b + batch_size], weighting="eps")
+            tot += float(out.loss.sum())
+            cnt += yb.shape[0]
+    return tot / cnt
+
+
+class Evaluator:
+    def __init__(self, cfg: RunConfig, ds, train_set: torch.Tensor, run_dir: Path, device):
+        self.cfg, self.ds, self.train_set, self.run_dir, self.device = cfg, ds, train_set, Path(run_dir), device
+        e = cfg.eval
+        self.seeds = list(range(e.sample_seed, e.sample_seed + e.n_samples))
+        g = torch.Generator().manual_seed(e.sample_seed + 7)
+        self.probe = {}
+        for name, y in (("train", train_set[: e.n_loss]), ("test", ds.test[: e.n_loss])):
+            y = y.to(device)
+            noise = torch.randn((e.loss_draws, *y.shape), generator=g).to(device)
+            self.probe[name] = (y, noise)
+        self.quality = None
+        if e.quality:
+            from .quality import QualityReference
+
+            self.quality = QualityReference.for_run(cfg, ds, run_dir)
+        self.exact = getattr(ds, "exact", None)
+        if self.exact is not None:
+            g2 = torch.Generator().manual_seed(e.sample_seed + 11)
+            self.score_points = {}
+            for t in e.loss_t:
+                sig = float(ou_t_to_sigma(t))
+                y = self.exact.sample(2048, generator=g2)
+                self.score_points[t] = (y + sig * torch.randn(y.shape, generator=g2)).to(device)
+
+    def __call__(self, den, step: int) -> list[dict]:
+        e = self.cfg.eval
+        recs: list[dict] = []
+
+        def rec(metric, value, error=None, **extra):
+            recs.append({"step": int(step), "metric": metric, "value": float(value),
+                         "error": None if error is None else float(error), **extra})
+
+        params = {} if e.sampler == "ddpm" else {"steps": e.sampler_steps}
+        samples = generate(den, self.ds.shape, self.seeds, sampler=e.sampler, batch_size=e.batch_size,
+                           device=self.device, **params)
+        if e.save_samples:
+            d = self.run_dir / "samples"
+            d.mkdir(exist_ok=True)
+            tmp = d / f"step_{step:08d}.tmp.npy"
+            np.save(tmp, samples.numpy().astype(np.float32))
+            tmp.replace(d / f"step_{step:08d}.npy")
+        finite = torch.isfinite(samples.reshape(len(samples), -1)).all(1)
+        rec("samples/finite_fraction", finite.float().mean())
+        s_ok = samples[finite]
+        if len(s_ok):
+            fm = memorization_fraction(s_ok, self.train_set.cpu(), threshold=e.threshold, n_boot=e.n_boot,
+                                       seed=int(step))
+            rec("f_mem", fm["f_mem"], fm["stderr"], ci_low=fm["ci95"][0], ci_high=fm["ci95"][1])
+            if self.quality is not None:
+                for name, (val, err) in self.quality(s_ok, e.quality).items():
+                    rec(f"quality/{name}", val, err)
+        for t in e.loss_t:
+            sig = float(ou_t_to_sigma(t))
+            for name, (y, noise) in self.probe.items():
+                rec(f"loss/{name}", probe_losses(den, y, noise, sig, e.batch_size), t=float(t), sigma=sig)
+            if self.exact is not None:
+                from .denoiser import score
+
+                x = self.score_points[t]
+                s = torch.full((x.shape[0],), sig, device=x.device)
+                with torch.no_grad():
+                    err = (score(den, x, s) - self.exact.score(x, s)).pow(2).sum(1).mean()
+                rec("score_error", err, t=float(t), sigma=sig)
+        return recs
+
+
+def evaluate_run(run_dir, steps: list[int] | None = None, overrides: list[str] | None = None,
+                 out=None, device: str = "cpu") -> list[dict]:
+    """Re-evaluate saved checkpoints of a run (optionally with other ``eval.*`` settings).
+
+    Records are appended to ``out`` (default ``RUN/evaluations.jsonl``), never
+    to the training metrics.
+    """
+    import json
+
+    from .config import apply_overrides, load_run_config
+    from .data import load_dataset
+    from .errors import DiffmemError
+    from .train import load_denoiser
+
+    run_dir = Path(run_dir)
+    cfg = load_run_config(run_dir)
+    for ov in overrides or []:
+        if not ov.startswith("eval."):
+            raise DiffmemError(f"evaluate only takes eval.* overrides, got {ov!r}")
+    cfg = type(cfg).from_dict(apply_overrides(cfg.to_dict(), list(overrides or [])))
+    if steps is None:
+        steps = sorted(int(p.stem.split("_")[1]) for p in (run_dir / "checkpoints").glob("step_*.safetensors"))
+    ds = load_dataset(cfg.data)
+    train_set = ds.subset(cfg.n, cfg.subset_seed)
+    cfg.eval.save_samples = False
+    ev = Evaluator(cfg, ds, train_set, run_dir, device)
+    recs: list[dict] = []
+    for st in steps:
+        den, _ = load_denoiser(run_dir, st, device=device)
+        recs.extend(ev(den, st))
+    path = Path(out) if out else run_dir / "evaluations.jsonl"
+    with path.open("a") as f:
+        for r in recs:
+            f.write(json.dumps(r) + "\n")
+    return recs
