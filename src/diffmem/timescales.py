@@ -132,11 +132,20 @@ def _bracket(s: np.ndarray, i: int) -> tuple[float, float]:
 # τ_gen
 
 
-def _first_within(q: np.ndarray, rel_tol: float, abs_tol: float, smooth: int) -> np.ndarray:
+def _threshold(qs: np.ndarray, rel_tol: float, abs_tol: float, reference: str) -> np.ndarray:
+    best = np.nanmin(qs, axis=-1, keepdims=True)
+    if reference == "improvement":
+        # within rel_tol of the total improvement from the first checkpoint to the best
+        span = np.abs(qs[..., :1] - best)
+        return best + np.maximum(rel_tol * span, abs_tol)
+    return best + np.maximum(rel_tol * np.abs(best), abs_tol)
+
+
+def _first_within(q: np.ndarray, rel_tol: float, abs_tol: float, smooth: int,
+                  reference: str = "best") -> np.ndarray:
     """Index of the first point within tolerance of the best, per row of q [..., K]."""
     qs = running_median(q, smooth)
-    best = np.nanmin(qs, axis=-1, keepdims=True)
-    thr = best + np.maximum(rel_tol * np.abs(best), abs_tol)
+    thr = _threshold(qs, rel_tol, abs_tol, reference)
     return np.argmax(qs <= thr, axis=-1)  # argmax of a boolean = first True (the best itself qualifies)
 
 
@@ -149,8 +158,17 @@ def tau_gen(
     abs_tol: float = 0.0,
     n_boot: int = 500,
     seed: int = 0,
+    reference: str = "best",
 ) -> Estimate:
     """Generalisation time: first checkpoint where quality is near its best.
+
+    ``reference="best"``: tolerance ``rel_tol·|q_best|`` (within x % of the
+    best value).  ``reference="improvement"``: tolerance
+    ``rel_tol·(q_s[0] − q_best)`` — the first checkpoint that has made
+    ``1 − rel_tol`` of the run's total improvement.  The second does not
+    depend on the level of the best value, which differs between training-set
+    sizes (a model of 16 images can never match the held-out set as well as a
+    model of 128), so it compares runs of different n more fairly.
 
     Definition: with ``q_s`` = running median of ``quality`` over ``smooth``
     consecutive checkpoints (1 = no smoothing) and ``q_best = min q_s``,
@@ -179,6 +197,8 @@ def tau_gen(
     s, q = _as_arrays(steps, quality, "tau_gen")
     if rel_tol < 0 or abs_tol < 0:
         raise DiffmemError("tau_gen: tolerances must be non-negative")
+    if reference not in ("best", "improvement"):
+        raise DiffmemError(f"tau_gen: reference must be 'best' or 'improvement', got {reference!r}")
     ok = np.isfinite(q)
     if not ok.any():
         raise DiffmemError("tau_gen: quality has no finite value")
@@ -193,12 +213,14 @@ def tau_gen(
     details: dict[str, Any] = {
         "best": best,
         "best_step": float(s[int(np.nanargmin(qs))]),
-        "threshold": best + max(rel_tol * abs(best), abs_tol),
+        "threshold": float(_threshold(qs, rel_tol, abs_tol, reference)[0]),
+        "reference": reference,
         "bracket": [lo, hi],
         "rel_tol": rel_tol,
         "smooth": smooth,
     }
-    method = f"tau_gen: first checkpoint with median{smooth}(q) <= best + {rel_tol:g}*|best|"
+    tol = "|best|" if reference == "best" else "(q_start - best)"
+    method = f"tau_gen: first checkpoint with median{smooth}(q) <= best + {rel_tol:g}*{tol}"
     if err is not None and n_boot > 0 and np.any(np.nan_to_num(err) > 0):
         rng = np.random.default_rng(seed)
         e = np.nan_to_num(err, nan=0.0)
