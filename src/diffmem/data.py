@@ -1,0 +1,321 @@
+"""Data sets: the embedded default, the BUBM25 Gaussian mixture, local images and arrays.
+
+Every loader returns a :class:`Dataset`: a *pool* of training-eligible points,
+a disjoint held-out *test* set, the per-sample ``shape`` and what is needed to
+map model space back to pixels.  Training sets are nested prefixes of one
+seeded shuffle of the pool (``subset(64, s)`` is ``subset(128, s)[:64]``), so a
+sweep over n adds points rather than redrawing them.
+
+Data specs (``RunConfig.data``, ``diffmem train data=...``)::
+
+    digits                      scikit-learn's 8×8 digits (inside its wheel; no download)
+    gmm[:d=8,mu=1,pool=16384,test=2048,seed=0]   ½N(μ1_d, I) + ½N(−μ1_d, I) with its exact score
+    PATH/TO/FOLDER[?size=32&gray=1&test=0.1]     a local image folder (png/jpg/bmp/gif/tif/webp)
+    PATH/TO/ARRAY.npy|.npz[?test=0.1&centre=1]   an array (N, d), (N, H, W), (N, C, H, W) or (N, H, W, C)
+
+Preprocessing (BUBM25 CelebA): grayscale (``gray=1``), resize the shorter side
+to ``size`` and centre-crop to ``size × size``, scale to [−1, 1], then centre by
+subtracting the per-pixel pool mean (``centre=1``; no std scaling).  The same
+centring is applied to the test set; ``Dataset.to_pixels`` undoes it.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .errors import DiffmemError
+
+__all__ = ["Dataset", "GaussianMixture", "load_dataset", "load_digits", "load_gmm", "load_image_folder",
+           "load_array_dataset", "parse_spec", "IMAGE_SUFFIXES"]
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".pgm", ".ppm"}
+
+
+class GaussianMixture:
+    """``½N(μ, I) + ½N(−μ, I)`` with exact VE quantities at noise level σ.
+
+    At ``x = y + σ n`` the marginal is ``½N(±μ, v I)`` with ``v = 1 + σ²``;
+    score ``s(x) = μ tanh(x·μ / v)/v − x/v`` (SPEC §1 in OU time: the same with
+    ``m_t = e^{−t}μ`` after the VP↔VE rescaling), denoiser ``D = x + σ² s``.
+    """
+
+    def __init__(self, mu: torch.Tensor):
+        self.mu = mu.to(torch.float32)
+        self.d = mu.numel()
+
+    def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        sign = torch.randint(0, 2, (n, 1), generator=generator).float() * 2 - 1
+        return sign * self.mu + torch.randn((n, self.d), generator=generator)
+
+    def _v(self, x, sigma):
+        s = torch.as_tensor(sigma, dtype=x.dtype, device=x.device).reshape(-1, 1)
+        return 1.0 + s * s
+
+    def score(self, x: torch.Tensor, sigma) -> torch.Tensor:
+        v = self._v(x, sigma)
+        mu = self.mu.to(x)
+        return mu * torch.tanh((x @ mu)[:, None] / v) / v - x / v
+
+    def denoise(self, x: torch.Tensor, sigma) -> torch.Tensor:
+        s = torch.as_tensor(sigma, dtype=x.dtype, device=x.device).reshape(-1, 1)
+        return x + s * s * self.score(x, sigma)
+
+    def log_prob(self, x: torch.Tensor, sigma=0.0) -> torch.Tensor:
+        v = self._v(x, sigma)[:, 0]
+        mu = self.mu.to(x)
+        q = lambda m: -((x - m) ** 2).sum(1) / (2 * v)  # noqa: E731
+        return torch.logaddexp(q(mu), q(-mu)) - math.log(2) - 0.5 * self.d * torch.log(2 * math.pi * v)
+
+
+@dataclass
+class Dataset:
+    name: str
+    pool: torch.Tensor  # [N, *shape] training-eligible points, model space
+    test: torch.Tensor  # [N_test, *shape] held out
+    labels: torch.Tensor | None = None  # aligned with pool
+    mean: torch.Tensor | None = None  # per-pixel centring offset (model = pixels − mean)
+    exact: GaussianMixture | None = None  # known data distribution, if any
+    meta: dict = field(default_factory=dict)
+
+    @property
+    def shape(self) -> tuple:
+        return tuple(self.pool.shape[1:])
+
+    def subset(self, n: int, seed: int = 0) -> torch.Tensor:
+        """The first ``n`` points of the pool shuffled with ``seed`` (nested in n)."""
+        n = int(n)
+        if n < 1:
+            raise DiffmemError(f"training-set size n must be positive, got {n}")
+        if n > len(self.pool):
+            raise DiffmemError(f"n = {n} exceeds the {len(self.pool)} training-eligible points of {self.name!r}")
+        return self.pool[self.subset_indices(n, seed)]
+
+    def subset_indices(self, n: int, seed: int = 0) -> torch.Tensor:
+        perm = torch.randperm(len(self.pool), generator=torch.Generator().manual_seed(int(seed)))
+        return perm[: int(n)]
+
+    def to_pixels(self, x: torch.Tensor) -> torch.Tensor:
+        """Model space → [−1, 1] pixel space (undo the centring)."""
+        return x if self.mean is None else x + self.mean.to(x)
+
+
+def _check_finite(name: str, x: np.ndarray) -> None:
+    bad = ~np.isfinite(x.reshape(len(x), -1)).all(1)
+    if bad.any():
+        raise DiffmemError(f"data {name!r} contains NaN or inf values in {int(bad.sum())} of {len(x)} rows "
+                           f"(first bad row {int(np.flatnonzero(bad)[0])})")
+
+
+def _split(name: str, x: np.ndarray, test, seed: int = 0, labels=None):
+    """Seeded split into pool and held-out test; ``test`` is a count (≥ 1) or a fraction."""
+    n = len(x)
+    n_test = int(round(float(test) * n)) if float(test) < 1 else int(test)
+    n_test = max(n_test, 1)
+    if n - n_test < 2:
+        raise DiffmemError(f"data {name!r} has {n} points: need at least 2 training points plus "
+                           f"{n_test} held-out test points")
+    perm = np.random.default_rng(seed).permutation(n)
+    te, po = perm[:n_test], np.sort(perm[n_test:])
+    lab = None if labels is None else torch.as_tensor(np.asarray(labels)[po])
+    return x[po], x[te], lab
+
+
+def _finish(name, pool, test, labels=None, centre=True, meta=None) -> Dataset:
+    pool = torch.as_tensor(np.ascontiguousarray(pool), dtype=torch.float32)
+    test = torch.as_tensor(np.ascontiguousarray(test), dtype=torch.float32)
+    mean = None
+    if centre:
+        mean = pool.mean(0)
+        pool, test = pool - mean, test - mean
+    return Dataset(name=name, pool=pool, test=test, labels=labels, mean=mean, meta=dict(meta or {}))
+
+
+def load_digits(test: int = 297, centre: bool = True, seed: int = 0) -> Dataset:
+    """scikit-learn's 1797 8×8 digits as (1, 8, 8) images in [−1, 1], centred; 297 held out."""
+    from sklearn.datasets import load_digits as _ld
+
+    b = _ld()
+    x = (b.images.astype(np.float32) / 8.0 - 1.0)[:, None]
+    pool, te, lab = _split("digits", x, test, seed, labels=b.target)
+    return _finish("digits", pool, te, lab, centre, {"source": "sklearn.datasets.load_digits", "test": int(test)})
+
+
+def load_gmm(d: int = 8, mu: float = 1.0, pool: int = 16384, test: int = 2048, seed: int = 0) -> Dataset:
+    """BUBM25's mixture ``½N(μ1_d, I) + ½N(−μ1_d, I)`` (not centred: its mean is 0)."""
+    if d < 1 or pool < 2 or test < 1:
+        raise DiffmemError(f"gmm needs d ≥ 1, pool ≥ 2, test ≥ 1; got d={d}, pool={pool}, test={test}")
+    gm = GaussianMixture(torch.full((int(d),), float(mu)))
+    g = torch.Generator().manual_seed(int(seed))
+    x = gm.sample(int(pool) + int(test), generator=g)
+    return Dataset(name=f"gmm:d={d}", pool=x[:pool].contiguous(), test=x[pool:].contiguous(), exact=gm,
+                   meta={"d": d, "mu": mu, "seed": seed})
+
+
+def _read_image(path: Path, size: int, gray: bool) -> np.ndarray:
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            im = im.convert("L" if gray else "RGB")
+            w, h = im.size
+            s = size / min(w, h)
+            nw, nh = max(size, round(w * s)), max(size, round(h * s))
+            im = im.resize((nw, nh), Image.BICUBIC)
+            left, top = (nw - size) // 2, (nh - size) // 2
+            im = im.crop((left, top, left + size, top + size))
+            a = np.asarray(im, dtype=np.float32)
+    except (UnidentifiedImageError, OSError) as e:
+        raise DiffmemError(f"cannot read image {path}: {e}") from None
+    a = a[None] if a.ndim == 2 else a.transpose(2, 0, 1)
+    return a / 127.5 - 1.0
+
+
+def load_image_folder(path, size: int = 32, gray: bool = True, test=0.1, centre: bool = True,
+                      limit: int | None = None, seed: int = 0, progress: bool = False) -> Dataset:
+    """All images under ``path`` (recursive, sorted): grayscale, resize, centre-crop, [−1, 1], centre."""
+    root = Path(path)
+    if not root.is_dir():
+        raise DiffmemError(f"image folder not found: {root}")
+    files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    if limit:
+        files = files[: int(limit)]
+    if len(files) < 3:
+        raise DiffmemError(f"image folder {root} holds {len(files)} images ({', '.join(sorted(IMAGE_SUFFIXES))}); "
+                           "need at least 3 (2 training + 1 test)")
+    if size < 1:
+        raise DiffmemError(f"image size must be positive, got {size}")
+    it = files
+    if progress:
+        from tqdm import tqdm
+
+        it = tqdm(files, desc=f"loading {root.name}", unit="img")
+    x = np.stack([_read_image(p, int(size), gray) for p in it])
+    pool, te, _ = _split(str(root), x, test, seed)
+    return _finish(str(root), pool, te, None, centre,
+                   {"source": str(root), "size": size, "gray": gray, "n_files": len(files)})
+
+
+def _as_samples(name: str, a: np.ndarray) -> np.ndarray:
+    """(N, d) | (N, H, W) | (N, C, H, W) | (N, H, W, C) → float32 (N, ...) in model layout."""
+    if a.dtype == object or not (np.issubdtype(a.dtype, np.number) or a.dtype == bool):
+        raise DiffmemError(f"array {name!r} has non-numeric dtype {a.dtype}")
+    if a.ndim < 2:
+        raise DiffmemError(f"array {name!r} must have shape (N, ...) with N samples, got shape {a.shape}")
+    if a.dtype == np.uint8:
+        a = a.astype(np.float32) / 127.5 - 1.0
+    a = a.astype(np.float32)
+    if a.ndim == 3:
+        a = a[:, None]
+    elif a.ndim == 4 and a.shape[-1] in (1, 3, 4) and a.shape[1] not in (1, 3, 4):
+        a = a.transpose(0, 3, 1, 2)
+    return a
+
+
+def load_array_dataset(path, test=0.1, centre: bool = True, key: str | None = None, seed: int = 0) -> Dataset:
+    """A ``.npy``/``.npz`` array of samples (uint8 images are mapped to [−1, 1]); optional labels in npz ``y``."""
+    p = Path(path)
+    if not p.is_file():
+        raise DiffmemError(f"array file not found: {p}")
+    labels = None
+    try:
+        if p.suffix == ".npz":
+            with np.load(p, allow_pickle=False) as z:
+                for k in ("y", "labels", "targets"):
+                    if k in z.files:
+                        labels = z[k]
+                keys = [k for k in z.files if k not in ("y", "labels", "targets")]
+                if key is None:
+                    if len(keys) != 1:
+                        raise DiffmemError(f"{p} holds arrays {z.files}; say which with ?key=NAME")
+                    key = keys[0]
+                if key not in z.files:
+                    raise DiffmemError(f"{p} has no array {key!r}; it holds {z.files}")
+                a = z[key]
+        else:
+            a = np.load(p, allow_pickle=False)
+    except ValueError as e:
+        raise DiffmemError(f"cannot load {p}: {e}") from None
+    a = _as_samples(str(p), np.asarray(a))
+    _check_finite(str(p), a)
+    if labels is not None and len(labels) != len(a):
+        labels = None
+    pool, te, lab = _split(str(p), a, test, seed, labels)
+    return _finish(str(p), pool, te, lab, centre, {"source": str(p)})
+
+
+def parse_spec(spec: str) -> tuple[str, str, dict]:
+    """``"kind:arg?k=v&k=v"`` → (kind, arg, options); kind inferred from the path when absent."""
+    if not isinstance(spec, str) or not spec.strip():
+        raise DiffmemError("empty data spec; use 'digits', 'gmm:d=8', an image folder or an .npy/.npz path")
+    spec = spec.strip()
+    opts: dict = {}
+    if spec == "digits" or spec.startswith("digits?"):
+        kind, arg, rest = "digits", "", spec[7:] if "?" in spec else ""
+    elif spec == "gmm" or spec.startswith("gmm:"):
+        kind, arg, rest = "gmm", "", spec[4:].replace(",", "&")
+    else:
+        path, _, rest = spec.partition("?")
+        for k in ("folder:", "array:"):
+            if path.startswith(k):
+                path = path[len(k):]
+        p = Path(path).expanduser()
+        if p.suffix.lower() in (".npy", ".npz"):
+            kind = "array"
+        elif p.is_dir():
+            kind = "folder"
+        elif not p.exists():
+            raise DiffmemError(f"data not found: {spec!r} is neither a known data set (digits, gmm) nor an "
+                               "existing image folder or .npy/.npz file")
+        else:
+            raise DiffmemError(f"data {spec!r}: unsupported file type {p.suffix!r} (use a folder, .npy or .npz)")
+        arg = str(p)
+    for kv in filter(None, rest.split("&")):
+        k, eq, v = kv.partition("=")
+        if not eq:
+            raise DiffmemError(f"data option {kv!r} in {spec!r} is not key=value")
+        opts[k.strip()] = v.strip()
+    return kind, arg, opts
+
+
+def _num(v: str):
+    try:
+        f = float(v)
+    except ValueError:
+        raise DiffmemError(f"data option value {v!r} is not a number") from None
+    return int(f) if f.is_integer() and "." not in v else f
+
+
+_OPTIONS = {"digits": {"test", "centre", "seed"}, "gmm": {"d", "mu", "pool", "test", "seed"},
+            "folder": {"size", "gray", "test", "centre", "limit", "seed"},
+            "array": {"test", "centre", "key", "seed"}}
+_CACHE: dict[str, Dataset] = {}
+
+
+def load_dataset(spec: str, progress: bool = False) -> Dataset:
+    """Load a data set from its spec (see the module docstring); cached per process."""
+    if spec in _CACHE:
+        return _CACHE[spec]
+    kind, arg, opts = parse_spec(spec)
+    bad = set(opts) - _OPTIONS[kind]
+    if bad:
+        raise DiffmemError(f"data {kind!r} takes no option {', '.join(sorted(bad))}; options: "
+                           f"{', '.join(sorted(_OPTIONS[kind]))}")
+    kw = {k: (v if k == "key" else _num(v)) for k, v in opts.items()}
+    for k in ("centre", "gray"):
+        if k in kw:
+            kw[k] = bool(kw[k])
+    if kind == "digits":
+        ds = load_digits(**kw)
+    elif kind == "gmm":
+        ds = load_gmm(**kw)
+    elif kind == "folder":
+        ds = load_image_folder(arg, progress=progress, **kw)
+    else:
+        ds = load_array_dataset(arg, **kw)
+    _CACHE[spec] = ds
+    return ds
