@@ -296,3 +296,18 @@ def test_make_report_two_widths_and_unreached(tmp_path):
     assert summary["tau_mem"][i] is None and summary["tau_mem_reached"][i] is False
     assert set(summary["fits"]) == {"16", "32"}
     assert summary["phase_boundary"]
+
+
+def test_tau_gen_improvement_reference_ignores_best_level():
+    # two runs that improve 100 -> best along the same time course but to different best levels
+    s = np.arange(1, 41, dtype=float)
+    shape = np.exp(-s / 5.0)
+    lo = 2.0 + 98.0 * shape  # best ~2
+    hi = 20.0 + 80.0 * shape  # best ~20
+    e_lo = tau_gen(s, lo, rel_tol=0.1, smooth=1, reference="improvement")
+    e_hi = tau_gen(s, hi, rel_tol=0.1, smooth=1, reference="improvement")
+    assert e_lo.value == e_hi.value  # same fraction of the improvement reached at the same step
+    assert e_lo.details["reference"] == "improvement"
+    b_lo = tau_gen(s, lo, rel_tol=0.1, smooth=1, reference="best")
+    b_hi = tau_gen(s, hi, rel_tol=0.1, smooth=1, reference="best")
+    assert b_lo.value >= 1.5 * b_hi.value  # "within 10 % of best" depends on the best level (31 vs 19)

@@ -111,6 +111,7 @@ def load_run(
     tau_mem_method: str = "significant",
     persist: int = 2,
     level: float = 0.5,
+    tau_gen_reference: str = "best",
 ) -> RunData:
     """Read one run directory and estimate its τ_gen and τ_mem.
 
@@ -154,7 +155,8 @@ def load_run(
     )
     if run.quality is not None and np.isfinite(run.quality[1]).any():
         s, q, e = run.quality
-        run.tau_gen = tau_gen(s, q, errors=e if np.isfinite(e).any() else None, rel_tol=rel_tol, smooth=smooth)
+        run.tau_gen = tau_gen(s, q, errors=e if np.isfinite(e).any() else None, rel_tol=rel_tol, smooth=smooth,
+                               reference=tau_gen_reference)
     if run.f_mem is not None:
         s, f, se, lo, _ = run.f_mem
         se_ = se if np.isfinite(se).any() else None
@@ -332,6 +334,8 @@ def _short(e: Estimate) -> str:
     """A compact description of an estimator for a legend."""
     m = e.method
     if m.startswith("tau_gen"):
+        if e.details.get("reference") == "improvement":
+            return f"{100 - 100 * e.details.get('rel_tol', 0.1):g} % of the quality improvement made"
         return f"quality within {100 * e.details.get('rel_tol', 0.1):g} % of best"
     if "crosses" in m:
         return "f_mem/f_mem(τ_max) crosses " + m.split("crosses ")[1].split(" ")[0]
@@ -535,6 +539,7 @@ def make_report(
     n_boot: int = 2000,
     seed: int = 0,
     write_summary: bool = True,
+    tau_gen_reference: str = "best",
 ) -> dict[str, Any]:
     """Analyse a sweep directory and write its figures into ``out_dir``.
 
@@ -544,7 +549,10 @@ def make_report(
         out_dir: where the PNGs (and ``summary.json``) are written.
         quality_metric: metric used for τ_gen (default: first present of
             :data:`QUALITY_PREFERENCE`).
-        rel_tol, smooth: τ_gen definition (:func:`diffmem.timescales.tau_gen`).
+        rel_tol, smooth, tau_gen_reference: τ_gen definition
+            (:func:`diffmem.timescales.tau_gen`; ``"best"``: within ``rel_tol``
+            of the best value, ``"improvement"``: ``1 − rel_tol`` of the total
+            improvement made).
         tau_mem_method, persist, level: τ_mem definition
             (:func:`diffmem.timescales.tau_mem`).
         alpha_frac: FSW25 stopping fraction for ``stop_steps``.
@@ -571,7 +579,7 @@ def make_report(
     if not paths:
         raise DiffmemError(f"no run directories found in {sweep_dir}")
     out_dir.mkdir(parents=True, exist_ok=True)
-    runs = [load_run(p, quality_metric, rel_tol, smooth, tau_mem_method, persist, level) for p in paths]
+    runs = [load_run(p, quality_metric, rel_tol, smooth, tau_mem_method, persist, level, tau_gen_reference) for p in paths]
     runs.sort(key=lambda r: (r.width is None, r.width or 0, r.n, r.seed if r.seed is not None else 0))
 
     fits = _fit_by_width(runs, "tau_mem", n_boot, seed)

@@ -206,7 +206,7 @@ def tau_gen(
     err = _opt(errors, ok.size)
     err = None if err is None else err[ok]
 
-    i = int(_first_within(q, rel_tol, abs_tol, smooth))
+    i = int(_first_within(q, rel_tol, abs_tol, smooth, reference))
     lo, hi = _bracket(s, i)
     qs = running_median(q, smooth)
     best = float(np.nanmin(qs))
@@ -224,7 +224,7 @@ def tau_gen(
     if err is not None and n_boot > 0 and np.any(np.nan_to_num(err) > 0):
         rng = np.random.default_rng(seed)
         e = np.nan_to_num(err, nan=0.0)
-        idx = _first_within(q + e * rng.standard_normal((n_boot, q.size)), rel_tol, abs_tol, smooth)
+        idx = _first_within(q + e * rng.standard_normal((n_boot, q.size)), rel_tol, abs_tol, smooth, reference)
         bs = s[idx]
         b_lo, b_hi = np.percentile(bs, [2.5, 97.5])
         # the bootstrap index i* also has a bracket [s[i*-1], s[i*]]
