@@ -38,7 +38,7 @@ def _erf(x):
 ACTIVATIONS: dict[str, tuple[Callable, Callable]] = {
     "tanh": (np.tanh, lambda x: 1.0 / np.cosh(x) ** 2),
     "erf": (_erf, lambda x: 2.0 / math.sqrt(math.pi) * np.exp(-x * x)),
-    "relu": (lambda x: np.maximum(x, 0.0), lambda x: (x > 0).astype(float)),
+    "relu": (lambda x: np.maximum(x, 0.0), lambda x: np.heaviside(x, 0.5)),  # σ'(0) = ½
     "linear": (lambda x: x, lambda x: np.ones_like(x)),
 }
 
