@@ -1,0 +1,643 @@
+"""Spectrum of the random-features matrix U (BUBM25 Theorem 3.1 and 3.2, SPEC §2).
+
+``U = (1/n) Σ_ν E_ξ[σ σᵀ]`` (p × p) has, in the limit d, n, p → ∞ with
+``ψ_p = p/d``, ``ψ_n = n/d``, a spectral density ρ whose Stieltjes transform
+``q(z) = (1/p) Tr (U − z)⁻¹`` solves (Theorem 3.1, with SPEC's corrections:
+1/d in the traces r, s and ψ_p/ψ_n inside D)::
+
+    ŝ = b_t² ψ_p + 1/q
+    D = 1 + (a_t² e^{−2t} ψ_p/ψ_n) r + (ψ_p v_t²/ψ_n) q,     r̂ = ψ_p a_t² e^{−2t} / D
+    s = ∫ dρ_Σ(ℓ) / (ŝ + ℓ r̂),     r = ∫ dρ_Σ(ℓ) ℓ / (ŝ + ℓ r̂)
+    ψ_p (s_t² − z) + ψ_p v_t²/D + (1 − ψ_p)/q − s/q² = 0
+
+and ``ρ(λ) = (1/π) Im q(λ + i0⁺)``.  ρ_Σ is any discrete spectrum
+``Σ_k ω_k δ(ℓ − ℓ_k)`` of the data covariance.
+
+**Unknowns used by the solver.**  We solve for ``(w, r)`` with ``w = 1/q``.
+Writing ``E = w(1 + c₁ r) + c₂`` (``c₁ = a_t² e^{−2t} ψ_p/ψ_n``,
+``c₂ = ψ_p v_t²/ψ_n``, so that ``D = E/w``) every term is rational without
+poles at ``w = 0`` (the δ peak)::
+
+    F₁(w, r) = r − Σ_k ω_k ℓ_k / den_k,        den_k = b_t² ψ_p + w + ℓ_k κ w/E,   κ = ψ_p a_t² e^{−2t}
+    F₂(w, r; z) = ψ_p (s_t² − z) + ψ_p v_t² w/E + (1 − ψ_p) w − s w²,   s = Σ_k ω_k / den_k
+
+F₂ is linear in z, so on the real axis ``z = Z(w) := s_t² + v_t² w/E + ((1 − ψ_p)w − s w²)/ψ_p``
+with r = R(w) from F₁ = 0.  ``q ↦ z`` is the functional inverse of the Stieltjes
+transform: the complement of the support is where ``dZ/dw < 0`` (i.e. ``dz/dq > 0``)
+on the real w line, and the **edges of the bulks are the critical values of Z**
+(``dZ/dw = 0``).  The physical root has ``Im q > 0`` (``Im w < 0``) for
+``Im z > 0`` and ``q ≈ −1/z`` (``w ≈ −z``) for large ``|z|``.
+
+**Solver.**  Damped complex Newton on (w, r) with the analytic 2 × 2 Jacobian,
+vectorised over all points at once, by continuation in ``log Im z`` from a
+large ``Im z`` (where ``w = −z`` is the physical root) down to the target, with
+a per-point adaptive step (a step is rejected when Newton does not converge,
+the root leaves the physical half-plane or jumps).  Along the real axis the
+edges come from a scan of Z(w) and are refined to machine precision by root
+finding on dZ/dw; the bulk masses are integrated by Gauss–Chebyshev
+quadrature adapted to the square-root edges (exponentially convergent) and
+cross-checked with a contour integral ``−(1/2πi)∮ q dz`` around each bulk.
+
+**δ peak.**  ``U = s_t² I + H Hᵀ`` with H of rank ≤ n + d, so ρ has an atom at
+s_t² of mass ``1 − (1 + ψ_n)/ψ_p`` when ``ψ_p > 1 + ψ_n`` (else 0); the result
+checks it against ``1 − Σ bulk masses``.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import numpy as np
+
+from ..errors import DiffmemError
+from .constants import Constants, rf_constants
+
+__all__ = [
+    "SpectrumProblem",
+    "spectrum_problem",
+    "stieltjes",
+    "spectrum",
+    "theorem32_edges",
+    "theory_cdf",
+    "empirical_cdf",
+    "drop_delta",
+    "kolmogorov_distance",
+    "plot_spectrum",
+    "naive_density",
+]
+
+
+# --------------------------------------------------------------------------- problem
+
+
+@dataclass(frozen=True)
+class SpectrumProblem:
+    """Parameters of Theorem 3.1: ψ's, constants, ρ_Σ = Σ_k ω_k δ(ℓ − ℓ_k)."""
+
+    psi_p: float
+    psi_n: float
+    constants: Constants
+    ell: np.ndarray  # (K,) eigenvalues of Σ
+    omega: np.ndarray  # (K,) weights, sum 1
+
+    @property
+    def alpha(self) -> float:  # a_t² e^{−2t}
+        return self.constants.a_t**2 * math.exp(-2.0 * self.constants.t)
+
+    @property
+    def kappa(self) -> float:  # ψ_p a_t² e^{−2t}
+        return self.psi_p * self.alpha
+
+    @property
+    def c1(self) -> float:  # a_t² e^{−2t} ψ_p / ψ_n
+        return self.alpha * self.psi_p / self.psi_n
+
+    @property
+    def c2(self) -> float:  # ψ_p v_t² / ψ_n
+        return self.psi_p * self.constants.v_t2 / self.psi_n
+
+    @property
+    def b2p(self) -> float:  # b_t² ψ_p
+        return self.constants.b_t**2 * self.psi_p
+
+    @property
+    def m1(self) -> float:  # ∫ ℓ dρ_Σ
+        return float(self.omega @ self.ell)
+
+    @property
+    def delta_mass(self) -> float:
+        """Mass of the atom at s_t²: ``max(0, 1 − (1 + ψ_n)/ψ_p)``."""
+        return max(0.0, 1.0 - (1.0 + self.psi_n) / self.psi_p)
+
+    @property
+    def scale(self) -> float:
+        """A generous upper bound on the top of the spectrum (sets the continuation start)."""
+        k = self.constants
+        top_rho1 = k.v_t2 * (1.0 + math.sqrt(self.psi_p / self.psi_n)) ** 2
+        top_rho2 = (k.b_t**2 + self.alpha * float(self.ell.max()) * (1 + 1 / math.sqrt(self.psi_n)) ** 2) * (
+            math.sqrt(self.psi_p) + 1.0) ** 2
+        return float(k.s_t2 + top_rho1 + top_rho2 + 1e-3)
+
+
+def _check_pos(name, x):
+    try:
+        x = float(x)
+    except (TypeError, ValueError):
+        raise DiffmemError(f"{name} must be a number, got {x!r}") from None
+    if not (math.isfinite(x) and x > 0):
+        raise DiffmemError(f"{name} must be positive and finite, got {x!r}")
+    return x
+
+
+def spectrum_problem(psi_p: float, psi_n: float, t: float, sigma_spectrum: Sequence[float] = (1.0,),
+                     sigma_weights: Sequence[float] | None = None, act: str | Callable = "tanh",
+                     sigma_x: float | None = None) -> SpectrumProblem:
+    """Validate inputs and compute the constants.
+
+    ``sigma_spectrum``: eigenvalues ℓ_k ≥ 0 of Σ (at least one > 0);
+    ``sigma_weights``: their weights ω_k ≥ 0 summing to 1 (default equal).
+    ``sigma_x`` defaults to ``sqrt(Tr Σ / d) = sqrt(Σ ω_k ℓ_k)`` (SPEC §2).
+    """
+    psi_p = _check_pos("psi_p", psi_p)
+    psi_n = _check_pos("psi_n", psi_n)
+    try:
+        ell = np.atleast_1d(np.asarray(sigma_spectrum, dtype=float))
+    except (TypeError, ValueError):
+        raise DiffmemError(f"sigma_spectrum must be a list of numbers, got {sigma_spectrum!r}") from None
+    if ell.ndim != 1 or ell.size == 0:
+        raise DiffmemError("sigma_spectrum must be a non-empty 1-D list of eigenvalues")
+    if not np.all(np.isfinite(ell)) or np.any(ell < 0) or not np.any(ell > 0):
+        raise DiffmemError(f"sigma_spectrum must be finite, ≥ 0 and not all zero, got {ell.tolist()}")
+    if sigma_weights is None:
+        omega = np.full(ell.size, 1.0 / ell.size)
+    else:
+        try:
+            omega = np.atleast_1d(np.asarray(sigma_weights, dtype=float))
+        except (TypeError, ValueError):
+            raise DiffmemError(f"sigma_weights must be a list of numbers, got {sigma_weights!r}") from None
+        if omega.shape != ell.shape:
+            raise DiffmemError(f"sigma_weights has {omega.size} entries but sigma_spectrum has {ell.size}")
+        if not np.all(np.isfinite(omega)) or np.any(omega < 0):
+            raise DiffmemError(f"sigma_weights must be finite and ≥ 0, got {omega.tolist()}")
+        if abs(omega.sum() - 1.0) > 1e-8:
+            raise DiffmemError(f"sigma_weights must sum to 1, they sum to {omega.sum():.12g}")
+    keep = omega > 0
+    ell, omega = ell[keep], omega[keep] / omega[keep].sum()
+    if sigma_x is None:
+        sigma_x = math.sqrt(float(omega @ ell))
+    k = rf_constants(t, sigma_x=sigma_x, act=act)
+    if not (k.v_t2 > 0 and k.a_t != 0):
+        raise DiffmemError(f"degenerate activation at t={t}: v_t² = {k.v_t2:.3g}, a_t = {k.a_t:.3g} "
+                           "(Theorem 3.1 needs v_t² > 0)")
+    return SpectrumProblem(psi_p=psi_p, psi_n=psi_n, constants=k, ell=ell, omega=omega)
+
+
+# --------------------------------------------------------------------------- equations
+
+
+def _system(P: SpectrumProblem, w, r, z, jac=True):
+    """Residuals (F₁, F₂) of Theorem 3.1 in the unknowns (w = 1/q, r) and their Jacobian.
+
+    Shapes: w, r, z (N,) complex (or real).  Returns F1, F2 and, if ``jac``,
+    J11 = ∂F₁/∂w, J12 = ∂F₁/∂r, J21 = ∂F₂/∂w, J22 = ∂F₂/∂r, plus s.
+    """
+    k = P.constants
+    ell = P.ell[:, None]
+    om = P.omega[:, None]
+    c1, c2, kap, pp = P.c1, P.c2, P.kappa, P.psi_p
+    E = w * (1.0 + c1 * r) + c2  # = w D
+    g = w / E  # = q/D·(1/q)... = 1/D
+    den = P.b2p + w + kap * ell * g  # ŝ + ℓ r̂   (K, N)
+    inv = 1.0 / den
+    s = (om * inv).sum(0)
+    rr = (om * ell * inv).sum(0)
+    F1 = r - rr
+    F2 = pp * (k.s_t2 - z) + pp * k.v_t2 * g + (1.0 - pp) * w - s * w * w
+    if not jac:
+        return F1, F2, s
+    dg_dw = c2 / (E * E)
+    dg_dr = -c1 * w * w / (E * E)
+    inv2 = inv * inv
+    dden_dw = 1.0 + kap * ell * dg_dw
+    dden_dr = kap * ell * dg_dr
+    ds_dw = -(om * dden_dw * inv2).sum(0)
+    ds_dr = -(om * dden_dr * inv2).sum(0)
+    drr_dw = -(om * ell * dden_dw * inv2).sum(0)
+    drr_dr = -(om * ell * dden_dr * inv2).sum(0)
+    J11 = -drr_dw
+    J12 = 1.0 - drr_dr
+    J21 = pp * k.v_t2 * dg_dw + (1.0 - pp) - ds_dw * w * w - 2.0 * s * w
+    J22 = pp * k.v_t2 * dg_dr - ds_dr * w * w
+    return F1, F2, s, J11, J12, J21, J22
+
+
+def _newton(P, w, r, z, maxit=40, tol=1e-13, cap=0.5):
+    """Damped Newton on all points at once; returns (w, r, converged).
+
+    Converged: a full step below ``tol`` relative, or residuals at rounding
+    level relative to the size of their terms (near an edge the Jacobian is
+    nearly singular and the step cannot get below ~1e-16/√(distance)).
+    """
+    k = P.constants
+    w = w.copy()
+    r = r.copy()
+    conv = np.zeros(w.shape, bool)
+    active = np.ones(w.shape, bool)
+    for _ in range(maxit):
+        idx = np.nonzero(active)[0]
+        if idx.size == 0:
+            break
+        wa, ra, za = w[idx], r[idx], z[idx]
+        F1, F2, sa, J11, J12, J21, J22 = _system(P, wa, ra, za)
+        ga = wa / (wa * (1.0 + P.c1 * ra) + P.c2)
+        scale2 = (P.psi_p * (k.s_t2 + np.abs(za)) + P.psi_p * k.v_t2 * np.abs(ga)
+                  + abs(1.0 - P.psi_p) * np.abs(wa) + np.abs(sa) * np.abs(wa) ** 2)
+        small = (np.abs(F1) <= 1e-14 * (2 * np.abs(ra) + 1e-300)) & (np.abs(F2) <= 1e-14 * scale2)
+        det = J11 * J22 - J12 * J21
+        dw = -(J22 * F1 - J12 * F2) / det
+        dr = -(-J21 * F1 + J11 * F2) / det
+        # step cap: relative change of w and r at most `cap` per iteration
+        aw = np.abs(wa) + 1e-300
+        ar = np.abs(ra) + 0.1 * P.m1 / aw  # r is O(m₁ |q|); it may cross 0 in a gap
+        with np.errstate(divide="ignore", invalid="ignore"):
+            fac = np.minimum(1.0, cap / np.maximum(np.abs(dw) / aw, np.abs(dr) / ar))
+        fac = np.where(np.isfinite(fac), fac, 0.0)
+        wn = wa + fac * dw
+        rn = ra + fac * dr
+        ok = np.isfinite(wn) & np.isfinite(rn)
+        w[idx] = np.where(ok, wn, wa)
+        r[idx] = np.where(ok, rn, ra)
+        done = ok & (((fac == 1.0) & (np.abs(dw) <= tol * aw) & (np.abs(dr) <= tol * ar)) | small)
+        bad = ~ok
+        conv[idx[done]] = True
+        active[idx[done | bad]] = False
+    return w, r, conv
+
+
+def _continuation(P: SpectrumProblem, x, eps, eps0=None, tol=1e-13, max_rounds=5000):
+    """Solve at z = x + i·eps by continuation in log Im z from eps0 (vectorised, adaptive).
+
+    x, eps: (N,) real arrays, eps > 0.  Every point follows the vertical line
+    from ``x + i eps0`` (where w = −z is the physical root) down to its target;
+    each point has its own step in ``log Im z`` (at most a factor 10, at least
+    a factor 1 + 1e-8).  A step is accepted when Newton converges, Im w ≤ 0
+    (Im q ≥ 0, the physical half-plane) and neither w nor r moves by more than
+    70 %; otherwise it is cut by 0.4.  Returns w, r (complex (N,)) and a boolean
+    array of the points that reached their target (the others are NaN).
+    """
+    x = np.asarray(x, float).ravel()
+    eps = np.broadcast_to(np.asarray(eps, float), x.shape).copy()
+    N = x.size
+    if eps0 is None:
+        eps0 = 10.0 * (P.scale + float(np.abs(x).max(initial=0.0)))
+    le = np.full(N, math.log(eps0))
+    le1 = np.minimum(np.log(eps), le)
+    z0 = x + 1j * eps0
+    w, r, conv = _newton(P, -z0, -P.m1 / z0, z0, tol=tol)
+    if not conv.all():
+        raise RuntimeError("Theorem 3.1 solver: no convergence at large Im z")
+    step = np.full(N, 1.0)  # natural-log units
+    fail = np.zeros(N, bool)
+    for _ in range(max_rounds):
+        act = np.nonzero((le > le1) & ~fail)[0]
+        if act.size == 0:
+            break
+        ln = np.maximum(le1[act], le[act] - step[act])
+        zn = x[act] + 1j * np.exp(ln)
+        wo, ro = w[act], r[act]
+        wn, rn, cv = _newton(P, wo, ro, zn, tol=tol)
+        good = cv & (wn.imag <= 1e-9 * np.abs(wn)) & (np.abs(wn - wo) <= 0.7 * np.abs(wo)) & (
+            np.abs(rn - ro) <= 0.7 * (np.abs(ro) + 0.1 * P.m1 / np.abs(wo)))
+        ga, ba = act[good], act[~good]
+        w[ga], r[ga], le[ga] = wn[good], rn[good], ln[good]
+        step[ga] = np.minimum(math.log(10.0), step[ga] * 1.5)
+        step[ba] *= 0.4
+        fail[ba[step[ba] < 1e-8]] = True
+    ok = (le <= le1) & ~fail
+    w = np.where(ok, w, np.nan)
+    r = np.where(ok, r, np.nan)
+    return w, r, ok
+
+
+def stieltjes(z, psi_p: float | SpectrumProblem, psi_n: float | None = None, t: float | None = None,
+              sigma_spectrum: Sequence[float] = (1.0,), sigma_weights: Sequence[float] | None = None,
+              act: str | Callable = "tanh", sigma_x: float | None = None) -> dict:
+    """Solve Theorem 3.1 at complex points z (Im z > 0): q, r, s, D, ŝ, r̂ (arrays like z).
+
+    Pass either ``(z, psi_p, psi_n, t, ...)`` or ``(z, problem)``.
+    ``q(z) = (1/p) Tr (U − z)⁻¹``; the physical root (Im q > 0) is reached by
+    continuation from large Im z.
+    """
+    P = psi_p if isinstance(psi_p, SpectrumProblem) else spectrum_problem(
+        psi_p, psi_n, t, sigma_spectrum, sigma_weights, act, sigma_x)
+    z = np.asarray(z, complex)
+    if np.any(~np.isfinite(z)) or np.any(z.imag <= 0):
+        raise DiffmemError("stieltjes: every z must be finite with Im z > 0")
+    w, r, ok = _continuation(P, z.real.ravel(), z.imag.ravel())
+    q = 1.0 / w
+    _, _, s = _system(P, w, r, z.ravel(), jac=False)
+    D = 1.0 + P.c1 * r + P.c2 * q
+    out = {"q": q, "r": r, "s": s, "D": D, "s_hat": P.b2p + w, "r_hat": P.kappa / D}
+    return {k: v.reshape(z.shape) for k, v in out.items()}
+
+
+# --------------------------------------------------------------------------- real axis: edges
+
+
+def _real_eval(P: SpectrumProblem, w: float, r: float):
+    """Pure-float evaluation on the real w line: F₁, ∂F₁/∂w, ∂F₁/∂r, Z(w, r) and dZ/dw along F₁ = 0."""
+    k = P.constants
+    c1, c2, kap, pp, b2p, v2 = P.c1, P.c2, P.kappa, P.psi_p, P.b2p, k.v_t2
+    E = w * (1.0 + c1 * r) + c2
+    g = w / E
+    dg_dw = c2 / (E * E)
+    dg_dr = -c1 * w * w / (E * E)
+    s = rr = ds_dw = ds_dr = drr_dw = drr_dr = 0.0
+    for l, o in zip(P._ell_list, P._om_list):
+        den = b2p + w + kap * l * g
+        i1 = 1.0 / den
+        i2 = i1 * i1
+        a = 1.0 + kap * l * dg_dw
+        b = kap * l * dg_dr
+        s += o * i1
+        rr += o * l * i1
+        ds_dw -= o * a * i2
+        ds_dr -= o * b * i2
+        drr_dw -= o * l * a * i2
+        drr_dr -= o * l * b * i2
+    F1 = r - rr
+    J11, J12 = -drr_dw, 1.0 - drr_dr
+    Z = k.s_t2 + v2 * g + ((1.0 - pp) * w - s * w * w) / pp
+    Zw = v2 * dg_dw + ((1.0 - pp) - ds_dw * w * w - 2.0 * s * w) / pp
+    Zr = v2 * dg_dr - ds_dr * w * w / pp
+    dZ = Zw - Zr * J11 / J12 if J12 != 0 else math.nan
+    return F1, J11, J12, Z, dZ
+
+
+def _solve_r(P, w, r, maxit=50):
+    """Real Newton for F₁(w, r) = 0 in r from the guess r; None when it fails."""
+    for _ in range(maxit):
+        F1, _, J12, _, _ = _real_eval(P, w, r)
+        if J12 == 0 or not math.isfinite(J12):
+            return None
+        dr = -F1 / J12
+        lim = 0.5 * abs(r) + 1e-300
+        if abs(dr) > lim:
+            dr = math.copysign(lim, dr)
+        r += dr
+        if abs(dr) <= 1e-14 * abs(r) + 1e-300:
+            return r
+    return None
+
+
+def _march_edge(P: SpectrumProblem, w0: float, r0: float, up: bool):
+    """From a real gap point (w0, r0) walk along the real branch of F₁ = 0 towards the
+    bulk (λ increasing when ``up``) until dZ/dw changes sign; return the edge (λ, w, r).
+
+    Z decreases with w on the physical branch, so ``up`` means decreasing w.
+    The step doubles while the branch continues and halves when the real
+    root is lost (the branch folds inside the bulk, past the edge).
+    """
+    sign = -1.0 if up else 1.0
+    w, r = float(w0), float(r0)
+    h = 1e-7 * max(abs(w), 1e-300)
+    for _ in range(2000):
+        wn = w + sign * h
+        rn = _solve_r(P, wn, r)
+        if rn is not None and abs(rn - r) > 0.5 * abs(r) + 1e-300:
+            rn = None
+        if rn is None:
+            h *= 0.5
+            if h < 1e-15 * abs(w):  # the branch ends exactly here: the edge is the fold
+                return _real_eval(P, w, r)[3], w, r
+            continue
+        dZ = _real_eval(P, wn, rn)[4]
+        if not (dZ < 0):
+            # bisection on dZ/dw between (w, r) [dZ < 0] and (wn, rn) [dZ ≥ 0]
+            wa, ra, wb, rb = w, r, wn, rn
+            for _ in range(200):
+                wm = 0.5 * (wa + wb)
+                if wm in (wa, wb):
+                    break
+                rm = _solve_r(P, wm, ra + (rb - ra) * (wm - wa) / (wb - wa))
+                if rm is None:
+                    rm = _solve_r(P, wm, ra)
+                if rm is None:
+                    raise RuntimeError("edge refinement: lost the real branch")
+                if _real_eval(P, wm, rm)[4] < 0:
+                    wa, ra = wm, rm
+                else:
+                    wb, rb = wm, rm
+            return _real_eval(P, wa, ra)[3], wa, ra
+        w, r = wn, rn
+        h *= 2.0
+    raise RuntimeError("edge march did not terminate")
+
+
+def _find_bulks(P: SpectrumProblem, n_grid: int = 600):
+    """Bulks [(lo, hi), ...] of the continuous part of ρ.
+
+    A log grid in ``x = λ − s_t²`` from 1e-8·scale to scale is solved at
+    ``Im z = 1e-10 x``; points where the root is genuinely complex
+    (``|Im w| > 1e-6 |w|``) lie in a bulk.  Each edge is then located exactly by
+    :func:`_march_edge` from the neighbouring gap point (where the root is real).
+    """
+    object.__setattr__(P, "_ell_list", [float(v) for v in P.ell])
+    object.__setattr__(P, "_om_list", [float(v) for v in P.omega])
+    s2 = P.constants.s_t2
+    xs = np.geomspace(1e-8 * P.scale, P.scale, n_grid)
+    lam = s2 + xs
+    w, r, ok = _continuation(P, lam, 1e-10 * xs)
+    if not ok.all():
+        raise RuntimeError(f"Theorem 3.1 solver failed at {np.count_nonzero(~ok)} grid points")
+    inb = np.abs(w.imag) > 1e-6 * np.abs(w)
+    if inb[-1]:
+        raise RuntimeError("spectrum extends beyond the estimated scale")
+    bulks = []
+    j = 0
+    n = lam.size
+    while j < n:
+        if not inb[j]:
+            j += 1
+            continue
+        k = j
+        while k + 1 < n and inb[k + 1]:
+            k += 1
+        if j == 0:
+            lo = s2  # the bulk reaches s_t² (hard edge at the δ position)
+        else:
+            lo = _march_edge(P, w[j - 1].real, r[j - 1].real, up=True)[0]
+        hi = _march_edge(P, w[k + 1].real, r[k + 1].real, up=False)[0]
+        bulks.append([float(lo), float(hi)])
+        j = k + 1
+    return bulks
+
+
+# --------------------------------------------------------------------------- quadrature and contour checks
+
+
+def _cheb_theta(m: int) -> np.ndarray:
+    """Gauss–Chebyshev (first kind) angles θ_j = π(j + ½)/m, j = 0 … m−1."""
+    return np.pi * (np.arange(m) + 0.5) / m
+
+
+def _bulk_nodes(lo: float, hi: float, m: int) -> np.ndarray:
+    """λ_j = c − h cos θ_j: increasing, clustered at both edges (θ = 0 ↔ lo)."""
+    c, h = 0.5 * (lo + hi), 0.5 * (hi - lo)
+    return c - h * np.cos(_cheb_theta(m))
+
+
+def _density_in_bulks(P: SpectrumProblem, lam: np.ndarray, halfwidth: np.ndarray) -> np.ndarray:
+    """ρ(λ) = (1/π) Im q(λ + iε) with ε = 1e-12 × (half-width of the bulk), for λ inside bulks."""
+    if lam.size == 0:
+        return np.zeros(0)
+    w, _, ok = _continuation(P, lam, 1e-12 * halfwidth)
+    if not ok.all():
+        raise RuntimeError(f"Theorem 3.1 solver failed at λ = {lam[~ok][:5].tolist()}")
+    rho = -w.imag / (np.pi * np.abs(w) ** 2)  # Im q = −Im w / |w|²
+    return np.maximum(rho, 0.0)
+
+
+def _bulk_mass(lo: float, hi: float, rho_nodes: np.ndarray) -> float:
+    """∫_lo^hi ρ dλ = ∫_0^π ρ(c − h cos θ) h sin θ dθ by the midpoint rule in θ.
+
+    With square-root edges ρ(c − h cos θ) h sin θ is smooth, even and
+    2π-periodic in θ, so the rule converges exponentially.
+    """
+    m = rho_nodes.size
+    h = 0.5 * (hi - lo)
+    return float(np.pi / m * np.sum(rho_nodes * h * np.sin(_cheb_theta(m))))
+
+
+def _contour_masses(P: SpectrumProblem, bulks, m: int = 256):
+    """Mass enclosed by circles around each bulk and around s_t²: ``−(1/2πi)∮ q dz``.
+
+    With q(z̄) = conj q(z) the circle ``c + R e^{iφ}`` gives
+    ``mass = −(1/π) ∫_0^π Re(q(z) R e^{iφ}) dφ`` (midpoint rule, exponentially
+    convergent).  R is the geometric mean of the half-width and the distance
+    to the nearest other singularity (another bulk or the δ atom).
+    Returns (bulk masses, δ mass); NaN where a circle cannot be placed.
+    """
+    s2 = P.constants.s_t2
+    phi = _cheb_theta(m)
+    centres, radii = [], []
+    for j, (lo, hi) in enumerate(bulks):
+        c, h = 0.5 * (lo + hi), 0.5 * (hi - lo)
+        below = lo - (bulks[j - 1][1] if j > 0 else s2)
+        above = bulks[j + 1][0] - hi if j + 1 < len(bulks) else h
+        g = min(below, above)
+        if not g > 0:
+            centres.append(np.nan)
+            radii.append(np.nan)
+            continue
+        centres.append(c)
+        radii.append(math.sqrt(h * (h + g)))
+    lo0 = bulks[0][0] if bulks else s2 + 1.0
+    centres.append(s2)
+    radii.append(0.5 * (lo0 - s2) if lo0 > s2 else np.nan)
+    out = []
+    good = [i for i, R in enumerate(radii) if np.isfinite(R)]
+    if good:
+        c = np.array([centres[i] for i in good])
+        R = np.array([radii[i] for i in good])
+        z = (c[:, None] + R[:, None] * np.exp(1j * phi)[None, :]).ravel()
+        w, _, ok = _continuation(P, z.real, z.imag)
+        q = (1.0 / w).reshape(len(good), m)
+        vals = -np.mean((q * R[:, None] * np.exp(1j * phi)[None, :]).real, axis=1)
+    res = np.full(len(radii), np.nan)
+    for k, i in enumerate(good):
+        res[i] = vals[k]
+    return res[:-1].tolist(), float(res[-1])
+
+
+# --------------------------------------------------------------------------- public: spectrum
+
+
+def theorem32_edges(psi_p: float, psi_n: float, t: float, act: str | Callable = "tanh",
+                    sigma_x: float = 1.0) -> list[float]:
+    """Support of ρ₁ in Theorem 3.2: ``s_t² + v_t² (1 ∓ √(ψ_p/ψ_n))²`` (valid for ψ_p, ψ_n ≫ 1)."""
+    psi_p = _check_pos("psi_p", psi_p)
+    psi_n = _check_pos("psi_n", psi_n)
+    k = rf_constants(t, sigma_x=sigma_x, act=act)
+    x = math.sqrt(psi_p / psi_n)
+    return [k.s_t2 + k.v_t2 * (1 - x) ** 2, k.s_t2 + k.v_t2 * (1 + x) ** 2]
+
+
+def spectrum(psi_p: float, psi_n: float, t: float, sigma_spectrum: Sequence[float] = (1.0,),
+             sigma_weights: Sequence[float] | None = None, n_lambda: int = 400,
+             lambdas: Sequence[float] | None = None, act: str | Callable = "tanh",
+             sigma_x: float | None = None, contour_check: bool = True) -> dict:
+    """Spectral density of U from Theorem 3.1: ρ = δ_mass·δ(λ − s_t²) + continuous bulks.
+
+    Returns a JSON-serialisable dict:
+
+    - ``lambda``, ``density``: the continuous part ρ(λ) (the δ atom excluded).
+      By default ``n_lambda`` points adapted to the bulks: for each bulk its two
+      edges (ρ = 0) and Gauss–Chebyshev nodes ``c − h cos θ_j`` clustered at the
+      edges (bulks may live on scales 100× apart).  With ``lambdas`` the density
+      at those points instead (exactly 0 outside the bulks).
+    - ``bulks``: ``[[low, high, mass], ...]`` sorted by λ; edges are the critical
+      values of z(q) on the real axis (machine precision), masses by
+      Gauss–Chebyshev quadrature of ρ over each bulk.
+    - ``bulk_mass_contour``: the same masses from ``−(1/2πi)∮ q dz`` around each
+      bulk (independent check; only if ``contour_check``).
+    - ``delta_mass``: ``1 − (1 + ψ_n)/ψ_p`` if ``ψ_p > 1 + ψ_n`` else 0, at
+      ``delta_position`` = s_t²; ``delta_mass_check`` = 1 − Σ bulk masses and
+      ``delta_mass_contour`` (residue of −q at s_t²).
+    - ``theorem32_edges``: ρ₁ interval of Theorem 3.2, ``regime`` ("I": ψ_p > ψ_n,
+      "II": ψ_n ≥ ψ_p), ``constants`` and ``params``.
+    - ``quadrature``: per bulk ``{"low", "high", "density"}`` at the Chebyshev
+      nodes (used by :func:`theory_cdf`).
+    """
+    P = spectrum_problem(psi_p, psi_n, t, sigma_spectrum, sigma_weights, act, sigma_x)
+    try:
+        n_lambda = int(n_lambda)
+    except (TypeError, ValueError):
+        raise DiffmemError(f"n_lambda must be an integer, got {n_lambda!r}") from None
+    t0 = time.perf_counter()
+    bulks = _find_bulks(P)
+    B = len(bulks)
+    if B == 0:
+        raise RuntimeError("no continuous spectrum found")
+    if lambdas is None and n_lambda < 10 * B:
+        raise DiffmemError(f"n_lambda must be at least {10 * B} here ({B} bulks), got {n_lambda}")
+    # interior nodes per bulk for the default grid (sum with edges = n_lambda)
+    base, extra = divmod(n_lambda - 2 * B, B)
+    m_grid = [base + (1 if j < extra else 0) for j in range(B)]
+    m_quad = [max(m, 96) if lambdas is None else 128 for m in m_grid]
+    nodes = [_bulk_nodes(lo, hi, m) for (lo, hi), m in zip(bulks, m_quad)]
+    halfw = [np.full(m, 0.5 * (hi - lo)) for (lo, hi), m in zip(bulks, m_quad)]
+    rho_all = _density_in_bulks(P, np.concatenate(nodes), np.concatenate(halfw))
+    rho_nodes = np.split(rho_all, np.cumsum(m_quad)[:-1])
+    masses = [_bulk_mass(lo, hi, rho) for (lo, hi), rho in zip(bulks, rho_nodes)]
+    if lambdas is None:
+        lam_out, rho_out = [], []
+        for (lo, hi), m, mq, rho in zip(bulks, m_grid, m_quad, rho_nodes):
+            if m == mq:
+                lam_b, rho_b = _bulk_nodes(lo, hi, m), rho
+            else:
+                lam_b = _bulk_nodes(lo, hi, m)
+                rho_b = _density_in_bulks(P, lam_b, np.full(m, 0.5 * (hi - lo)))
+            lam_out += [lo, *lam_b, hi]
+            rho_out += [0.0, *rho_b, 0.0]
+        lam_out, rho_out = np.array(lam_out), np.array(rho_out)
+    else:
+        try:
+            lam_out = np.asarray(lambdas, dtype=float).ravel()
+        except (TypeError, ValueError):
+            raise DiffmemError("lambdas must be a list of numbers") from None
+        if lam_out.size == 0 or not np.all(np.isfinite(lam_out)):
+            raise DiffmemError("lambdas must be a non-empty list of finite numbers")
+        rho_out = np.zeros(lam_out.size)
+        for lo, hi in bulks:
+            inside = (lam_out > lo) & (lam_out < hi)
+            rho_out[inside] = _density_in_bulks(P, lam_out[inside], np.full(inside.sum(), 0.5 * (hi - lo)))
+    if contour_check:
+        mc, dmc = _contour_masses(P, bulks)
+    else:
+        mc, dmc = [math.nan] * B, math.nan
+    k = P.constants
+    regime = "I" if P.psi_p > P.psi_n else "II"
+    return {
+        "lambda": lam_out.tolist(),
+        "density": rho_out.tolist(),
+        "bulks": [[float(lo), float(hi), float(m)] for (lo, hi), m in zip(bulks, masses)],
+        "bulk_mass_contour": [float(x) for x in mc],
+        "delta_mass": P.delta_mass,
+        "delta_position": k.s_t2,
+        "delta_mass_check": 1.0 - float(sum(masses)),
+        "delta_mass_contour": dmc,
+        "total_mass": P.delta_mass + float(sum(masses)),
+        "theorem32_edges": theorem32_edges(P.psi_p, P.psi_n, t, act, k.sigma_x),
+        "regime": regime,
+        "constants": k.to_dict(),
+        "params": {"psi_p": P.psi_p, "psi_n": P.psi_n, "t": float(t), "sigma_spectrum": P.ell.tolist(),
+                   "sigma_weights": P.omega.tolist(), "act": act if isinstance(act, str) else repr(act),
+                   "sigma_x": k.sigma_x},
+        "quadrature": [{"low": float(lo), "high": float(hi), "density": rho.tolist()}
+                       for (lo, hi), rho in zip(bulks, rho_nodes)],
+        "seconds": time.perf_counter() - t0,
+    }
