@@ -52,6 +52,7 @@ __all__ = ["QualityReference", "QUALITY_METRICS", "feature_net_for"]
 QUALITY_METRICS = ("fd_pixel", "fd_feat", "kid", "fid")
 FEATURE_NET_FILE = "quality_net.safetensors"
 FEATURE_NET_SEED = 0
+FEATURE_NET_STEPS: int | None = None  # None: train_feature_net's default schedule
 
 
 def _check_names(names) -> list[str]:
@@ -72,7 +73,7 @@ def feature_net_for(ds, path) -> FeatureNet:
         if meta.get("data") not in (None, getattr(ds, "name", None)):
             warnings.warn(f"feature net {path} was trained on {meta.get('data')!r}, not {ds.name!r}", stacklevel=2)
         return net
-    net = train_feature_net(ds.pool, getattr(ds, "labels", None), seed=FEATURE_NET_SEED)
+    net = train_feature_net(ds.pool, getattr(ds, "labels", None), seed=FEATURE_NET_SEED, steps=FEATURE_NET_STEPS)
     save_feature_net(net, path, meta={"data": getattr(ds, "name", None), "n_pool": int(len(ds.pool)),
                                       "seed": FEATURE_NET_SEED})
     return net

@@ -72,7 +72,10 @@ def nearest_ratios(samples, train, **nn_kwargs) -> dict:
     all float64 except ``nearest`` (int64).  Extra keyword arguments go to
     :func:`~diffmem.metrics.nn.two_nearest`.
     """
-    S, T = validate_pair(samples, train)
+    return _nearest(*validate_pair(samples, train), **nn_kwargs)
+
+
+def _nearest(S, T, **nn_kwargs) -> dict:
     d1, d2, i1 = two_nearest(S, T, **nn_kwargs)
     if torch.is_tensor(d1):
         d1, d2, i1 = d1.cpu().numpy(), d2.cpu().numpy(), i1.cpu().numpy()
@@ -113,14 +116,14 @@ def memorization_fraction(samples, train, threshold: float = 1 / 3, n_boot: int 
     With ``details=True`` it also holds the per-sample numpy arrays ``ratio``,
     ``d1``, ``d2`` and ``nearest``.
     """
-    validate_pair(samples, train, threshold)
-    r = nearest_ratios(samples, train, **nn_kwargs)
+    S, T = validate_pair(samples, train, threshold)
+    r = _nearest(S, T, **nn_kwargs)
     flags = r["ratio"] < float(threshold)
     out = bootstrap_fraction(flags, n_boot, seed)
     idx = np.flatnonzero(flags)
     out.update({
         "n_samples": int(flags.size),
-        "n_train": int(_rows(train, "training points").shape[0]),
+        "n_train": int(T.shape[0]),
         "threshold": float(threshold),
         "n_boot": int(n_boot),
         "memorized": [int(i) for i in idx],

@@ -181,8 +181,8 @@ class FeatureNet(nn.Module):
     """A small encoder with a head; ``features(x)`` is the representation used for FD/KID.
 
     ``arch`` is ``"mlp"`` (flattened input: D → hidden → hidden → feat) or
-    ``"conv"`` (images ``(C, H, W)``: four 3×3 convs, two of stride 2, global
-    average pool → feat).  ``mode`` is ``"classifier"`` (head: feat → classes)
+    ``"conv"`` (images ``(C, H, W)``: four 3×3 convs of 16-32-32-64 channels,
+    two of stride 2, global average pool → feat).  ``mode`` is ``"classifier"`` (head: feat → classes)
     or ``"dae"`` (head: feat → hidden → D, reconstructs the clean input).
     Inputs are standardised with the scalar ``offset``/``scale`` of the
     training data and features with ``feat_offset``/``feat_scale`` (a mean
@@ -203,9 +203,9 @@ class FeatureNet(nn.Module):
                 raise DiffmemError(f"the conv feature net needs (C, H, W) images, got shape {self.in_shape}")
             c = self.in_shape[0]
             self.encoder = nn.Sequential(
-                nn.Conv2d(c, 32, 3, padding=1), nn.GELU(), nn.Conv2d(32, 64, 3, stride=2, padding=1), nn.GELU(),
-                nn.Conv2d(64, 64, 3, padding=1), nn.GELU(), nn.Conv2d(64, 128, 3, stride=2, padding=1), nn.GELU(),
-                nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(128, feat_dim), nn.GELU())
+                nn.Conv2d(c, 16, 3, padding=1), nn.GELU(), nn.Conv2d(16, 32, 3, stride=2, padding=1), nn.GELU(),
+                nn.Conv2d(32, 32, 3, padding=1), nn.GELU(), nn.Conv2d(32, 64, 3, stride=2, padding=1), nn.GELU(),
+                nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, feat_dim), nn.GELU())
         else:
             raise DiffmemError(f"unknown feature-net architecture {arch!r}; choose mlp or conv")
         if mode == "classifier":
@@ -246,11 +246,22 @@ def train_feature_net(pool: torch.Tensor, labels: torch.Tensor | None = None, *,
                       noise: float = 0.5) -> FeatureNet:
     """Train a :class:`FeatureNet` on ``pool [N, *shape]`` (labels ``[N]`` → classifier, else DAE).
 
-    Deterministic for a given seed, thread count and torch build (the global
-    RNG state is left untouched).  ``steps`` defaults to 30 epochs clamped to
-    [500, 2000] for the MLP and [300, 800] for the conv net; the DAE corrupts
-    standardised inputs with Gaussian noise of std ``noise``.
+    Deterministic for a given seed and torch build: training runs on one CPU
+    thread whatever the caller's setting (small nets gain nothing from more,
+    and the result then does not depend on it) and leaves the global RNG state
+    untouched.  ``steps`` defaults to 30 epochs clamped to [500, 2000] for the
+    MLP and [200, 500] for the conv net; the DAE corrupts standardised inputs
+    with Gaussian noise of std ``noise``.
     """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return _train_feature_net(pool, labels, seed, steps, batch_size, lr, arch, feat_dim, hidden, noise)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train_feature_net(pool, labels, seed, steps, batch_size, lr, arch, feat_dim, hidden, noise) -> FeatureNet:
     pool = torch.as_tensor(pool).detach().to("cpu", torch.float32)
     if pool.ndim < 2 or pool.shape[0] < 2:
         raise DiffmemError(f"need at least 2 points of shape (N, ...) to train a feature net, got {tuple(pool.shape)}")
@@ -271,7 +282,7 @@ def train_feature_net(pool: torch.Tensor, labels: torch.Tensor | None = None, *,
     n = pool.shape[0]
     if steps is None:
         epochs = 30 * max(1, math.ceil(n / batch_size))
-        steps = int(np.clip(epochs, 500, 2000) if arch == "mlp" else np.clip(epochs, 300, 800))
+        steps = int(np.clip(epochs, 500, 2000) if arch == "mlp" else np.clip(epochs, 200, 500))
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         net = FeatureNet(shape, arch, mode, n_out, feat_dim, hidden)
