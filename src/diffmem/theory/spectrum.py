@@ -357,18 +357,30 @@ def _real_eval(P: SpectrumProblem, w: float, r: float):
     return F1, J11, J12, Z, dZ
 
 
-def _solve_r(P, w, r, maxit=50):
-    """Real Newton for F₁(w, r) = 0 in r from the guess r; None when it fails."""
+def _rscale(P, w, r) -> float:
+    """Size of r for step control: |r| + 0.1 m₁/|w| (r ~ m₁ q may cross 0 inside a gap)."""
+    return abs(r) + 0.1 * P.m1 / max(abs(w), 1e-300)
+
+
+def _solve_r(P, w, r, maxit=60):
+    """Real Newton (with backtracking on |F₁|) for F₁(w, r) = 0 in r from the guess r; None if it fails."""
+    F1, _, J12, _, _ = _real_eval(P, w, r)
     for _ in range(maxit):
-        F1, _, J12, _, _ = _real_eval(P, w, r)
         if J12 == 0 or not math.isfinite(J12):
             return None
         dr = -F1 / J12
-        lim = 0.5 * abs(r) + 1e-300
+        lim = 0.5 * _rscale(P, w, r)
         if abs(dr) > lim:
             dr = math.copysign(lim, dr)
-        r += dr
-        if abs(dr) <= 1e-14 * abs(r) + 1e-300:
+        for _ in range(30):  # backtracking
+            Fn, _, Jn, _, _ = _real_eval(P, w, r + dr)
+            if abs(Fn) < abs(F1) or abs(dr) <= 1e-15 * _rscale(P, w, r):
+                break
+            dr *= 0.5
+        else:
+            return None
+        r, F1, J12 = r + dr, Fn, Jn
+        if abs(dr) <= 1e-14 * _rscale(P, w, r) or F1 == 0.0:
             return r
     return None
 
@@ -387,12 +399,12 @@ def _march_edge(P: SpectrumProblem, w0: float, r0: float, up: bool):
     for _ in range(2000):
         wn = w + sign * h
         rn = _solve_r(P, wn, r)
-        if rn is not None and abs(rn - r) > 0.5 * abs(r) + 1e-300:
+        if rn is not None and abs(rn - r) > 0.5 * _rscale(P, w, r):
             rn = None
         if rn is None:
             h *= 0.5
-            if h < 1e-15 * abs(w):  # the branch ends exactly here: the edge is the fold
-                return _real_eval(P, w, r)[3], w, r
+            if h < 1e-15 * abs(w):  # the real branch ends without an edge: give up (caller falls back)
+                raise RuntimeError("edge march: the real branch ends before dZ/dw changes sign")
             continue
         dZ = _real_eval(P, wn, rn)[4]
         if not (dZ < 0):
@@ -402,9 +414,12 @@ def _march_edge(P: SpectrumProblem, w0: float, r0: float, up: bool):
                 wm = 0.5 * (wa + wb)
                 if wm in (wa, wb):
                     break
-                rm = _solve_r(P, wm, ra + (rb - ra) * (wm - wa) / (wb - wa))
-                if rm is None:
-                    rm = _solve_r(P, wm, ra)
+                rm = None
+                for seed in (ra + (rb - ra) * (wm - wa) / (wb - wa), ra, rb):
+                    rm = _solve_r(P, wm, seed)
+                    if rm is not None and abs(rm - 0.5 * (ra + rb)) <= 2.0 * abs(rb - ra) + 1e-12 * _rscale(P, wm, rm):
+                        break
+                    rm = None
                 if rm is None:
                     raise RuntimeError("edge refinement: lost the real branch")
                 if _real_eval(P, wm, rm)[4] < 0:
@@ -415,6 +430,35 @@ def _march_edge(P: SpectrumProblem, w0: float, r0: float, up: bool):
         w, r = wn, rn
         h *= 2.0
     raise RuntimeError("edge march did not terminate")
+
+
+def _bisect_edge(P: SpectrumProblem, lam_gap: float, lam_bulk: float, iters: int = 45) -> float:
+    """Fallback edge search: bisection in λ between a gap point and a bulk point, a point
+    counting as inside the bulk when the root at ``Im z = 1e-13 × scale`` is complex
+    (``|Im w| > 1e-7 |w|``).  Accurate to ~1e-12 of the interval."""
+    a, b = float(lam_gap), float(lam_bulk)
+    eps = 1e-13 * P.scale
+    for _ in range(iters):
+        m = 0.5 * (a + b)
+        w, _, ok = _continuation(P, np.array([m]), np.array([eps]))
+        if not ok[0]:
+            break
+        if abs(w[0].imag) > 1e-7 * abs(w[0]):
+            b = m
+        else:
+            a = m
+    return 0.5 * (a + b)
+
+
+def _edge(P, lam_gap, w_gap, r_gap, lam_bulk, up):
+    """Edge between a gap grid point and a bulk grid point: exact march, else bisection."""
+    try:
+        e = _march_edge(P, w_gap.real, r_gap.real, up=up)[0]
+        if min(lam_gap, lam_bulk) <= e <= max(lam_gap, lam_bulk):
+            return e
+    except RuntimeError:
+        pass
+    return _bisect_edge(P, lam_gap, lam_bulk)
 
 
 def _find_bulks(P: SpectrumProblem, n_grid: int = 600):
@@ -449,8 +493,8 @@ def _find_bulks(P: SpectrumProblem, n_grid: int = 600):
         if j == 0:
             lo = s2  # the bulk reaches s_t² (hard edge at the δ position)
         else:
-            lo = _march_edge(P, w[j - 1].real, r[j - 1].real, up=True)[0]
-        hi = _march_edge(P, w[k + 1].real, r[k + 1].real, up=False)[0]
+            lo = _edge(P, lam[j - 1], w[j - 1], r[j - 1], lam[j], up=True)
+        hi = _edge(P, lam[k + 1], w[k + 1], r[k + 1], lam[k], up=False)
         bulks.append([float(lo), float(hi)])
         j = k + 1
     return bulks
@@ -492,44 +536,116 @@ def _bulk_mass(lo: float, hi: float, rho_nodes: np.ndarray) -> float:
     return float(np.pi / m * np.sum(rho_nodes * h * np.sin(_cheb_theta(m))))
 
 
-def _contour_masses(P: SpectrumProblem, bulks, m: int = 256):
+def _cosine_coeffs(lo: float, hi: float, rho_nodes: np.ndarray) -> np.ndarray:
+    """a_k = (2/m) Σ_j f_j cos kθ_j of f(θ) = ρ(c − h cos θ) h sin θ on the m Chebyshev angles."""
+    m = rho_nodes.size
+    th = _cheb_theta(m)
+    f = rho_nodes * 0.5 * (hi - lo) * np.sin(th)
+    return (2.0 / m) * (np.cos(np.outer(np.arange(m), th)) @ f)
+
+
+def _converged(a: np.ndarray, rtol: float = 1e-11) -> bool:
+    """Cosine coefficients decayed: the last quarter is below ``rtol`` × a_0."""
+    tail = a[3 * a.size // 4:]
+    return bool(np.max(np.abs(tail)) <= rtol * abs(a[0]))
+
+
+def _adaptive_bulk_densities(P, bulks, m0: list[int], m_max: int = 7776, mass_rtol: float = 1e-9):
+    """Density at m Chebyshev nodes per bulk, m tripled (old nodes reused) until converged.
+
+    Converged: the cosine coefficients of ρ h sin θ have decayed below 1e-11
+    (the usual square-root edges: exponential convergence), or the mass changed
+    by less than ``mass_rtol`` (relative) in the last tripling (slower,
+    algebraic convergence near a cusp or a nearly touching neighbour).
+    """
+    ms = list(m0)
+    rho = [None] * len(bulks)
+    mass_prev = [math.nan] * len(bulks)
+    conv = [False] * len(bulks)
+    todo = list(range(len(bulks)))
+    while todo:
+        lam, hw, sl = [], [], {}
+        for b in todo:
+            lo, hi = bulks[b]
+            nodes = _bulk_nodes(lo, hi, ms[b])
+            if rho[b] is not None:  # the old nodes are every third new node, starting at 1
+                keep = np.ones(ms[b], bool)
+                keep[1::3] = False
+                nodes = nodes[keep]
+            sl[b] = (len(lam), len(lam) + nodes.size)
+            lam += nodes.tolist()
+            hw += [0.5 * (hi - lo)] * nodes.size
+        vals = _density_in_bulks(P, np.array(lam), np.array(hw))
+        nxt = []
+        for b in todo:
+            new = vals[sl[b][0]:sl[b][1]]
+            if rho[b] is None:
+                rho[b] = new
+            else:
+                full = np.empty(ms[b])
+                full[1::3] = rho[b]
+                keep = np.ones(ms[b], bool)
+                keep[1::3] = False
+                full[keep] = new
+                rho[b] = full
+            lo, hi = bulks[b]
+            mass = _bulk_mass(lo, hi, rho[b])
+            conv[b] = _converged(_cosine_coeffs(lo, hi, rho[b])) or abs(mass - mass_prev[b]) <= mass_rtol * mass
+            mass_prev[b] = mass
+            if not conv[b] and 3 * ms[b] <= m_max:
+                ms[b] *= 3
+                nxt.append(b)
+        todo = nxt
+    return rho, conv
+
+
+def _contour_masses(P: SpectrumProblem, bulks, m_max: int = 4096):
     """Mass enclosed by circles around each bulk and around s_t²: ``−(1/2πi)∮ q dz``.
 
     With q(z̄) = conj q(z) the circle ``c + R e^{iφ}`` gives
-    ``mass = −(1/π) ∫_0^π Re(q(z) R e^{iφ}) dφ`` (midpoint rule, exponentially
-    convergent).  R is the geometric mean of the half-width and the distance
-    to the nearest other singularity (another bulk or the δ atom).
-    Returns (bulk masses, δ mass); NaN where a circle cannot be placed.
+    ``mass = −(1/π) ∫_0^π Re(q(z) R e^{iφ}) dφ`` (midpoint rule in φ, i.e. the
+    trapezoidal rule on the whole circle: error ~ (h/R)^m + (R/(h+g))^m for a
+    bulk of half-width h whose nearest other singularity is g away).  R is the
+    geometric mean of h and h + g, and m = 37/ln(R/h) points (error ~1e-16);
+    a bulk needing more than ``m_max`` points (it nearly touches another) gets
+    NaN.  The δ circle is centred on s_t² with radius half the gap to the
+    lowest bulk (64 points).  Returns (bulk masses, δ mass).
     """
     s2 = P.constants.s_t2
-    phi = _cheb_theta(m)
-    centres, radii = [], []
+    circles = []  # (centre, radius, m)
     for j, (lo, hi) in enumerate(bulks):
         c, h = 0.5 * (lo + hi), 0.5 * (hi - lo)
         below = lo - (bulks[j - 1][1] if j > 0 else s2)
         above = bulks[j + 1][0] - hi if j + 1 < len(bulks) else h
         g = min(below, above)
         if not g > 0:
-            centres.append(np.nan)
-            radii.append(np.nan)
+            circles.append(None)
             continue
-        centres.append(c)
-        radii.append(math.sqrt(h * (h + g)))
+        R = math.sqrt(h * (h + g))
+        m = int(math.ceil(37.0 / math.log(R / h)))
+        circles.append((c, R, max(64, m)) if m <= m_max else None)
     lo0 = bulks[0][0] if bulks else s2 + 1.0
-    centres.append(s2)
-    radii.append(0.5 * (lo0 - s2) if lo0 > s2 else np.nan)
-    out = []
-    good = [i for i, R in enumerate(radii) if np.isfinite(R)]
-    if good:
-        c = np.array([centres[i] for i in good])
-        R = np.array([radii[i] for i in good])
-        z = (c[:, None] + R[:, None] * np.exp(1j * phi)[None, :]).ravel()
+    circles.append((s2, 0.5 * (lo0 - s2), 64) if lo0 > s2 else None)
+    zs, owner, rot = [], [], []
+    for i, cr in enumerate(circles):
+        if cr is None:
+            continue
+        c, R, m = cr
+        e = np.exp(1j * _cheb_theta(m))
+        zs.append(c + R * e)
+        rot.append(R * e / m)
+        owner.append(np.full(m, i))
+    res = np.full(len(circles), np.nan)
+    if zs:
+        z = np.concatenate(zs)
         w, _, ok = _continuation(P, z.real, z.imag)
-        q = (1.0 / w).reshape(len(good), m)
-        vals = -np.mean((q * R[:, None] * np.exp(1j * phi)[None, :]).real, axis=1)
-    res = np.full(len(radii), np.nan)
-    for k, i in enumerate(good):
-        res[i] = vals[k]
+        vals = -((1.0 / w) * np.concatenate(rot)).real
+        idx = np.concatenate(owner)
+        sums = np.bincount(idx, weights=vals, minlength=len(circles))
+        bad = np.bincount(idx, weights=~ok, minlength=len(circles)) > 0
+        for i, cr in enumerate(circles):
+            if cr is not None and not bad[i]:
+                res[i] = sums[i]
     return res[:-1].tolist(), float(res[-1])
 
 
@@ -570,7 +686,10 @@ def spectrum(psi_p: float, psi_n: float, t: float, sigma_spectrum: Sequence[floa
     - ``theorem32_edges``: ρ₁ interval of Theorem 3.2, ``regime`` ("I": ψ_p > ψ_n,
       "II": ψ_n ≥ ψ_p), ``constants`` and ``params``.
     - ``quadrature``: per bulk ``{"low", "high", "density"}`` at the Chebyshev
-      nodes (used by :func:`theory_cdf`).
+      nodes (used by :func:`theory_cdf`); the node count is tripled until the
+      cosine coefficients of ``ρ h sin θ`` have decayed to 1e-11
+      (``quadrature_converged``).
+    - ``warnings``: unresolved mass, unconverged quadrature, contour mismatch.
     """
     P = spectrum_problem(psi_p, psi_n, t, sigma_spectrum, sigma_weights, act, sigma_x)
     try:
@@ -587,17 +706,16 @@ def spectrum(psi_p: float, psi_n: float, t: float, sigma_spectrum: Sequence[floa
     # interior nodes per bulk for the default grid (sum with edges = n_lambda)
     base, extra = divmod(n_lambda - 2 * B, B)
     m_grid = [base + (1 if j < extra else 0) for j in range(B)]
-    m_quad = [max(m, 96) if lambdas is None else 128 for m in m_grid]
-    nodes = [_bulk_nodes(lo, hi, m) for (lo, hi), m in zip(bulks, m_quad)]
-    halfw = [np.full(m, 0.5 * (hi - lo)) for (lo, hi), m in zip(bulks, m_quad)]
-    rho_all = _density_in_bulks(P, np.concatenate(nodes), np.concatenate(halfw))
-    rho_nodes = np.split(rho_all, np.cumsum(m_quad)[:-1])
+    m_first = [max(m, 96) if lambdas is None else 128 for m in m_grid]
+    rho_nodes, quad_ok = _adaptive_bulk_densities(P, bulks, m_first)
+    m_quad = [r.size for r in rho_nodes]
     masses = [_bulk_mass(lo, hi, rho) for (lo, hi), rho in zip(bulks, rho_nodes)]
     if lambdas is None:
         lam_out, rho_out = [], []
         for (lo, hi), m, mq, rho in zip(bulks, m_grid, m_quad, rho_nodes):
-            if m == mq:
-                lam_b, rho_b = _bulk_nodes(lo, hi, m), rho
+            step = mq // m
+            if mq % m == 0 and step % 2 == 1 and 3 ** round(math.log(step, 3)) == step:
+                lam_b, rho_b = _bulk_nodes(lo, hi, m), rho[(step - 1) // 2::step]  # nested nodes
             else:
                 lam_b = _bulk_nodes(lo, hi, m)
                 rho_b = _density_in_bulks(P, lam_b, np.full(m, 0.5 * (hi - lo)))
@@ -621,6 +739,17 @@ def spectrum(psi_p: float, psi_n: float, t: float, sigma_spectrum: Sequence[floa
         mc, dmc = [math.nan] * B, math.nan
     k = P.constants
     regime = "I" if P.psi_p > P.psi_n else "II"
+    warnings = []
+    missing = 1.0 - P.delta_mass - float(sum(masses))
+    if abs(missing) > 1e-6:
+        warnings.append(f"bulk masses + δ mass differ from 1 by {missing:.3g}: part of the spectrum is unresolved "
+                        f"(e.g. a bulk narrower than ~1e-8 of the scale; v_t² = {k.v_t2:.3g})")
+    if not all(quad_ok):
+        warnings.append("Chebyshev quadrature not converged for bulks "
+                        f"{[j for j, ok in enumerate(quad_ok) if not ok]} (a bulk nearly touching another or s_t²)")
+    for j, (m1_, m2_) in enumerate(zip(masses, mc)):
+        if math.isfinite(m2_) and abs(m1_ - m2_) > 1e-6 * max(m1_, 1e-300) + 1e-12:
+            warnings.append(f"bulk {j}: quadrature mass {m1_:.10g} vs contour mass {m2_:.10g}")
     return {
         "lambda": lam_out.tolist(),
         "density": rho_out.tolist(),
@@ -639,5 +768,210 @@ def spectrum(psi_p: float, psi_n: float, t: float, sigma_spectrum: Sequence[floa
                    "sigma_x": k.sigma_x},
         "quadrature": [{"low": float(lo), "high": float(hi), "density": rho.tolist()}
                        for (lo, hi), rho in zip(bulks, rho_nodes)],
+        "quadrature_converged": [bool(x) for x in quad_ok],
+        "warnings": warnings,
         "seconds": time.perf_counter() - t0,
     }
+
+
+# --------------------------------------------------------------------------- CDFs and the Kolmogorov distance
+
+
+def _check_result(result) -> None:
+    if not isinstance(result, dict) or "quadrature" not in result or "delta_mass" not in result:
+        raise DiffmemError("expected the dict returned by spectrum()")
+
+
+def theory_cdf(result: dict, x) -> np.ndarray:
+    """Conditional CDF of the continuous part of ρ (the δ atom at s_t² excluded).
+
+    ``F_c(x) = Σ_b ∫_{lo_b}^{min(x, hi_b)} ρ(λ) dλ / Σ_b mass_b``.  Inside a bulk
+    the integral is exact for the cosine interpolant of ``ρ(c − h cos θ) h sin θ``
+    on the Gauss–Chebyshev nodes: with coefficients
+    ``a_k = (2/m) Σ_j f_j cos kθ_j``, ``∫_0^Θ f = a_0 Θ/2 + Σ_{k≥1} a_k sin(kΘ)/k``,
+    ``Θ = arccos((c − x)/h)`` (spectrally accurate, like the masses).
+    """
+    _check_result(result)
+    x = np.asarray(x, dtype=float)
+    flat = x.ravel()
+    out = np.zeros(flat.size)
+    total = 0.0
+    for b in result["quadrature"]:
+        lo, hi = b["low"], b["high"]
+        rho = np.asarray(b["density"])
+        m = rho.size
+        th = _cheb_theta(m)
+        h, c = 0.5 * (hi - lo), 0.5 * (lo + hi)
+        f = rho * h * np.sin(th)
+        k = np.arange(m)
+        a = (2.0 / m) * (np.cos(np.outer(k, th)) @ f)
+        mass = 0.5 * a[0] * np.pi
+        out[flat >= hi] += mass
+        inside = np.nonzero((flat > lo) & (flat < hi))[0]
+        for s in range(0, inside.size, 4096):
+            idx = inside[s:s + 4096]
+            T = np.arccos(np.clip((c - flat[idx]) / h, -1.0, 1.0))
+            S = np.sin(np.outer(T, k[1:])) / k[1:]
+            out[idx] += 0.5 * a[0] * T + S @ a[1:]
+        total += mass
+    return np.clip(out / total, 0.0, 1.0).reshape(x.shape)
+
+
+def drop_delta(eigenvalues, delta_mass: float) -> np.ndarray:
+    """Sorted eigenvalues without the δ atom: the ``round(delta_mass · N)`` smallest are removed.
+
+    (For U = s_t² I + H Hᵀ exactly the p − rank(H) = p − n − d eigenvalues
+    equal to s_t²; for the real-feature U, whose atom is slightly broadened, the
+    same count of smallest eigenvalues.)
+    """
+    ev = np.sort(np.asarray(eigenvalues, dtype=float).ravel())
+    if ev.size == 0 or not np.all(np.isfinite(ev)):
+        raise DiffmemError("eigenvalues must be a non-empty array of finite numbers")
+    if not 0.0 <= delta_mass < 1.0:
+        raise DiffmemError(f"delta_mass must be in [0, 1), got {delta_mass}")
+    return ev[int(round(delta_mass * ev.size)):]
+
+
+def empirical_cdf(eigenvalues, x, delta_mass: float = 0.0) -> np.ndarray:
+    """Empirical CDF at x of the eigenvalues left by :func:`drop_delta`: ``#{λ_i ≤ x} / N'``."""
+    ev = drop_delta(eigenvalues, delta_mass)
+    return np.searchsorted(ev, np.asarray(x, dtype=float), side="right") / ev.size
+
+
+def kolmogorov_distance(result: dict, eigenvalues, exclude_delta: bool = True) -> float:
+    """``sup_x |F_c(x) − F̂_c(x)|`` between the theory and the empirical CDFs of the non-δ part.
+
+    ``F_c`` is :func:`theory_cdf` (the continuous part of ρ, renormalised to 1);
+    ``F̂_c`` the empirical CDF of the ``N' = N − round(δ_mass N)`` eigenvalues
+    left by :func:`drop_delta`.  With sorted λ_(1) ≤ … ≤ λ_(N') the supremum is
+    ``max_i max(i/N' − F_c(λ_(i)), F_c(λ_(i)) − (i−1)/N')``.
+    ``exclude_delta=False`` keeps all eigenvalues (meaningful only without an atom).
+    """
+    _check_result(result)
+    ev = drop_delta(eigenvalues, result["delta_mass"] if exclude_delta else 0.0)
+    F = theory_cdf(result, ev)
+    n = ev.size
+    i = np.arange(1, n + 1)
+    return float(max(np.max(i / n - F), np.max(F - (i - 1) / n)))
+
+
+# --------------------------------------------------------------------------- figure
+
+
+def plot_spectrum(result: dict, path, eigenvalues=None, title: str | None = None):
+    """PNG in the spirit of BUBM25 Fig. 4: the density of U with eigenvalue histograms.
+
+    Top: all bulks on a log λ axis as density per decade ``ln(10) λ ρ(λ)``
+    (the δ atom at s_t² drawn as a bar labelled with its mass); bottom: one
+    linear panel per bulk (ρ(λ)).  ``eigenvalues`` (all p of them, δ part
+    included) are histogrammed with the same normalisation (fraction of all
+    eigenvalues per decade / per unit λ).  Returns the path.
+    """
+    _check_result(result)
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    bulks = result["bulks"]
+    B = len(bulks)
+    ev = None if eigenvalues is None else np.sort(np.asarray(eigenvalues, float).ravel())
+    fig = plt.figure(figsize=(max(8.0, 3.2 * B), 6.5))
+    gs = fig.add_gridspec(2, B, height_ratios=[1.0, 1.0], hspace=0.45, wspace=0.3)
+    ax0 = fig.add_subplot(gs[0, :])
+    s2, dm = result["delta_position"], result["delta_mass"]
+    curves = []
+    for b in result["quadrature"]:
+        lo, hi = b["low"], b["high"]
+        m = len(b["density"])
+        lam = np.concatenate([[lo], _bulk_nodes(lo, hi, m), [hi]])
+        rho = np.concatenate([[0.0], b["density"], [0.0]])
+        curves.append((lam, rho))
+        ax0.plot(lam, np.log(10) * lam * rho, color="C3", lw=1.6)
+    lo_all = min(s2, bulks[0][0]) / 2
+    hi_all = bulks[-1][1] * 1.5
+    if ev is not None:
+        pos = ev[ev > 0]
+        bins = np.geomspace(max(lo_all, pos.min() / 1.2), max(hi_all, pos.max() * 1.2), 120)
+        cnt, e = np.histogram(pos, bins=bins)
+        ax0.stairs(cnt / ev.size / np.diff(np.log10(e)), e, color="C0", alpha=0.5, fill=True,
+                   label=f"eigenvalues (p = {ev.size})")
+    if dm > 0:
+        ax0.axvline(s2, color="k", lw=1, ls="--")
+        ax0.annotate(f"δ at s_t² = {s2:.3g}\nmass {dm:.4g}", (s2, 0.9), xycoords=("data", "axes fraction"),
+                     xytext=(5, 0), textcoords="offset points", fontsize=8, va="top")
+    ax0.set_xscale("log")
+    ax0.set_xlim(lo_all, hi_all)
+    ymax = max(float(np.max(np.log(10) * lam * rho)) for lam, rho in curves)
+    ax0.set_ylim(0, 1.3 * ymax)
+    ax0.set_xlabel("λ")
+    ax0.set_ylabel("density per decade")
+    p = result["params"]
+    ax0.set_title(title or f"Spectrum of U (Theorem 3.1): ψ_p = {p['psi_p']:g}, ψ_n = {p['psi_n']:g}, t = {p['t']:g}, "
+                  f"ρ_Σ atoms {p['sigma_spectrum']}", fontsize=10)
+    ax0.plot([], [], color="C3", label="theory")
+    ax0.legend(fontsize=8, loc="upper center")
+    for j, ((lo, hi, mass), (lam, rho)) in enumerate(zip(bulks, curves)):
+        ax = fig.add_subplot(gs[1, j])
+        if ev is not None:
+            w = hi - lo
+            bins = np.linspace(lo - 0.1 * w, hi + 0.1 * w, 40)
+            cnt, e = np.histogram(ev, bins=bins)
+            ax.stairs(cnt / ev.size / np.diff(e), e, color="C0", alpha=0.5, fill=True)
+        ax.plot(lam, rho, color="C3", lw=1.6)
+        ax.set_title(f"[{lo:.4g}, {hi:.4g}], mass {mass:.4g}", fontsize=9)
+        ax.set_xlabel("λ")
+        ax.tick_params(labelsize=7)
+        if j == 0:
+            ax.set_ylabel("ρ(λ)")
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
+# --------------------------------------------------------------------------- naive reference
+
+
+def naive_density(lambdas, psi_p: float, psi_n: float, t: float, sigma_spectrum: Sequence[float] = (1.0,),
+                  sigma_weights: Sequence[float] | None = None, act: str | Callable = "tanh",
+                  sigma_x: float | None = None, eps_schedule: Sequence[float] | None = None,
+                  method: str = "hybr") -> np.ndarray:
+    """Reference solver of the kind the authors use (benchmarks only; slow).
+
+    For every λ separately, a cold start ``q = s = −1/z``, ``r = −∫ℓ dρ_Σ/z`` at ``z = λ + 100i``
+    and the schedule ``Im z = 100, 99, …, 1, 0.9, 0.7, 0.5, 0.3, 0.1, 10⁻², …, 10⁻⁹``
+    (113 solves), each by ``scipy.optimize.root(method="lm")`` (finite-difference
+    Jacobian) on the real and imaginary parts of the three equations of
+    Theorem 3.1 in the unknowns (q, r, s), warm-started from the previous Im z::
+
+        s − ∫dρ_Σ/(ŝ + ℓ r̂) = 0,  r − ∫dρ_Σ ℓ/(ŝ + ℓ r̂) = 0,
+        ψ_p(s_t² − z) + ψ_p v_t²/D + (1 − ψ_p)/q − s/q² = 0.
+
+    Returns ``ρ(λ) = Im q/π`` at the last Im z (10⁻⁹ by default).
+    """
+    from scipy.optimize import root
+
+    P = spectrum_problem(psi_p, psi_n, t, sigma_spectrum, sigma_weights, act, sigma_x)
+    k = P.constants
+    ell, om = P.ell, P.omega
+    c1, c2, kap, pp, b2p = P.c1, P.c2, P.kappa, P.psi_p, P.b2p
+    if eps_schedule is None:
+        eps_schedule = [100.0 - j for j in range(100)] + [0.9, 0.7, 0.5, 0.3, 0.1] + [10.0 ** -e for e in range(2, 10)]
+
+    def eqs(v, z):
+        q, r, s = complex(v[0], v[1]), complex(v[2], v[3]), complex(v[4], v[5])
+        D = 1.0 + c1 * r + c2 * q
+        den = b2p + 1.0 / q + ell * kap / D
+        e1 = s - np.sum(om / den)
+        e2 = r - np.sum(om * ell / den)
+        e3 = pp * (k.s_t2 - z) + pp * k.v_t2 / D + (1.0 - pp) / q - s / q**2
+        return [e1.real, e1.imag, e2.real, e2.imag, e3.real, e3.imag]
+
+    out = []
+    for lam in np.asarray(lambdas, float).ravel():
+        q0 = -1.0 / complex(lam, eps_schedule[0])  # large-|z| behaviour q ≈ s ≈ −1/z, r ≈ −∫ℓ dρ_Σ/z
+        v = np.array([q0.real, q0.imag, P.m1 * q0.real, P.m1 * q0.imag, q0.real, q0.imag])
+        for e in eps_schedule:
+            v = root(eqs, v, args=(complex(lam, e),), method=method).x
+        out.append(abs(v[1]) / np.pi)
+    return np.array(out)
