@@ -137,6 +137,9 @@ def two_nearest(queries, refs, *, block_q: int | None = None, block_r: int | Non
         refine: re-measure the two selected distances as ``‖q − r‖`` (exact zeros
             for duplicates); otherwise return the matmul distances, clamped at 0.
 
+    Inputs are assumed finite (:func:`~diffmem.metrics.memorization.validate_pair`
+    checks them).
+
     Returns:
         ``(d1 [M], d2 [M], idx1 [M])`` with ``d1 ≤ d2`` and ``idx1`` the row of
         the nearest reference.  Tensors (on ``device``) when ``queries`` is a
@@ -156,7 +159,11 @@ def two_nearest(queries, refs, *, block_q: int | None = None, block_r: int | Non
         device = Q.device if torch.is_tensor(Q) else R.device if torch.is_tensor(R) else "cpu"
     device = torch.device(device)
     itemsize = torch.empty((), dtype=dtype).element_size()
-    bq0, br0 = choose_blocks(M, N, D, itemsize, max_bytes, device)
+    # The centred queries are reused for every reference block: keep them whole
+    # when they fit in a quarter of the budget (the blocks get the rest), else
+    # re-convert them per block.
+    keep_q = M * D * itemsize <= max_bytes // 4
+    bq0, br0 = choose_blocks(M, N, D, itemsize, max_bytes - (M * D * itemsize if keep_q else 0), device)
     bq = max(1, int(block_q or bq0))
     br = max(2, int(block_r or br0))
 
@@ -166,9 +173,6 @@ def two_nearest(queries, refs, *, block_q: int | None = None, block_r: int | Non
         return _out(best_v[:, 0], best_v[:, 1], best_i[:, 0], as_numpy)
 
     mean = _centre(R, dtype, device) if centre else None
-    # The centred queries are reused for every reference block: keep them whole
-    # when they fit in a quarter of the budget, else re-convert per block.
-    keep_q = M * D * itemsize <= max_bytes // 4
     Qc = None
     if keep_q:
         Qc = _block(Q, 0, M, dtype, device)
