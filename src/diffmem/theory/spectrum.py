@@ -109,8 +109,14 @@ class SpectrumProblem:
 
     @property
     def delta_mass(self) -> float:
-        """Mass of the atom at s_t²: ``max(0, 1 − (1 + ψ_n)/ψ_p)``."""
-        return max(0.0, 1.0 - (1.0 + self.psi_n) / self.psi_p)
+        """Mass of the atom at s_t²: ``max(0, 1 − (ψ_n + 1)/ψ_p)`` (rank of H ≤ n + d).
+
+        When b_t = 0 (an even activation) the block b_t W/√d of H vanishes and the
+        rank bound is n: ``max(0, 1 − ψ_n/ψ_p)``.
+        """
+        k = self.constants
+        rank_d = 1.0 if abs(k.b_t) > 1e-12 * math.sqrt(max(k.sigma_norm2, 1e-300)) else 0.0
+        return max(0.0, 1.0 - (self.psi_n + rank_d) / self.psi_p)
 
     @property
     def scale(self) -> float:
@@ -169,9 +175,9 @@ def spectrum_problem(psi_p: float, psi_n: float, t: float, sigma_spectrum: Seque
     if sigma_x is None:
         sigma_x = math.sqrt(float(omega @ ell))
     k = rf_constants(t, sigma_x=sigma_x, act=act)
-    if not (k.v_t2 > 0 and k.a_t != 0):
-        raise DiffmemError(f"degenerate activation at t={t}: v_t² = {k.v_t2:.3g}, a_t = {k.a_t:.3g} "
-                           "(Theorem 3.1 needs v_t² > 0)")
+    if not k.v_t2 > 1e-14 * max(k.sigma_norm2, 1e-300):
+        raise DiffmemError(f"degenerate activation at t={t}: v_t² = {k.v_t2:.3g} "
+                           "(Theorem 3.1 needs v_t² > 0; a linear activation has v_t² = 0)")
     return SpectrumProblem(psi_p=psi_p, psi_n=psi_n, constants=k, ell=ell, omega=omega)
 
 
