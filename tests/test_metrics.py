@@ -394,12 +394,27 @@ def test_inception_from_local_state_dict(tmp_path, monkeypatch):
         load_inception(tmp_path / "wrong.pth")
 
 
-def test_inception_torchscript_detector(tmp_path):
-    class Det(torch.nn.Module):
-        def forward(self, x, return_features: bool = False):
-            return x.mean((2, 3)).repeat(1, 4)
+class _Det(torch.nn.Module):
+    """Stand-in for the TorchScript detector: [0, 255] images -> per-channel means and maxima."""
+
+    def forward(self, x, return_features: bool = False):
+        return torch.cat([x.mean((2, 3)), x.amax((2, 3))], 1)
+
+
+def test_inception_torchscript_detector(tmp_path, monkeypatch):
+    from diffmem.quality import QualityReference
 
     path = tmp_path / "inception-2015-12-05.pt"
-    torch.jit.script(Det()).save(str(path))
+    torch.jit.script(_Det()).save(str(path))
     f = inception_features(load_inception(path), torch.full((3, 1, 8, 8), 0.5))
-    np.testing.assert_allclose(f, np.full((3, 12), 128 / 255 * 255, dtype=np.float64), rtol=1e-6)
+    np.testing.assert_allclose(f, np.full((3, 6), 128.0), rtol=1e-6)  # quantised to 8 bits, grey -> RGB
+    # fid through the run-level reference, with weights found via the environment
+    monkeypatch.setenv("DIFFMEM_INCEPTION_WEIGHTS", str(path))
+    ds = _stand_in_ds()
+    qr = QualityReference.for_run(_cfg(quality=["fid"]), ds, tmp_path)
+    same, _ = qr(ds.test, ["fid"])["fid"]
+    other, _ = qr(ds.pool[:200] * 0.2, ["fid"])["fid"]
+    assert same == pytest.approx(0.0, abs=1e-6) and other > 1.0
+    vec = types.SimpleNamespace(**{**vars(ds), "shape": (64,)})
+    with pytest.raises(DiffmemError, match="fid needs image data"):
+        QualityReference.for_run(_cfg(quality=["fid"]), vec, tmp_path)

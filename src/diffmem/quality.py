@@ -79,6 +79,10 @@ def feature_net_for(ds, path) -> FeatureNet:
     return net
 
 
+def _device(cfg) -> str:
+    return cfg.device if str(cfg.device).startswith("cuda") and torch.cuda.is_available() else "cpu"
+
+
 class QualityReference:
     """Reference statistics of a held-out set, and the metrics of samples against them.
 
@@ -110,6 +114,7 @@ class QualityReference:
         self.kid_subsets, self.kid_subset_size, self.seed = kid_subsets, kid_subset_size, seed
         self._inception, self.device = inception, torch.device(device)
         self._cache: dict = {}
+        self._calls = 0
 
     @classmethod
     def for_run(cls, cfg, ds, run_dir) -> "QualityReference":
@@ -126,12 +131,12 @@ class QualityReference:
             if len(ds.shape) != 3 or ds.shape[0] not in (1, 3):
                 raise DiffmemError(f"fid needs image data of shape (1 or 3, H, W), got {tuple(ds.shape)}; "
                                    "use fd_feat/kid instead")
-            inception = find_inception_weights()
+            inception = load_inception(find_inception_weights(), device=_device(cfg))
         to_unit = None
         if hasattr(ds, "to_pixels"):
             to_unit = lambda x: (ds.to_pixels(x) + 1) / 2  # noqa: E731  ([-1, 1] pixels -> [0, 1])
-        dev = cfg.device if str(cfg.device).startswith("cuda") and torch.cuda.is_available() else "cpu"
-        return cls(ds.test, net, to_unit=to_unit, seed=int(cfg.eval.sample_seed), inception=inception, device=dev)
+        return cls(ds.test, net, to_unit=to_unit, seed=int(cfg.eval.sample_seed), inception=inception,
+                   device=_device(cfg))
 
     # -- reference statistics (lazy, cached)
     def _flat(self, x: torch.Tensor) -> torch.Tensor:
@@ -169,7 +174,8 @@ class QualityReference:
         """Metrics of ``samples [N, *shape]``: ``{name: (value, error or None)}``.
 
         With fewer than 2 samples every value is NaN (a run whose samples all
-        diverged still gets a record instead of an exception).
+        diverged still gets a record instead of an exception).  Fréchet
+        distances from fewer samples than dimensions warn on the first call.
         """
         names = _check_names(names)
         samples = torch.as_tensor(samples).detach().to("cpu", torch.float32)
@@ -179,8 +185,10 @@ class QualityReference:
         if samples.shape[0] < 2:
             return {n: (math.nan, None) for n in names}
         feats = None
+        self._calls += 1
         with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message="Fréchet distance from")
+            if self._calls > 1:  # the small-sample warning once per reference, not at every checkpoint
+                warnings.filterwarnings("ignore", message="Fréchet distance from")
             for name in names:
                 if name == "fd_pixel":
                     out[name] = (frechet_distance(GaussianStats.from_features(self._flat(samples)),
