@@ -32,15 +32,27 @@ on the real w line, and the **edges of the bulks are the critical values of Z**
 vectorised over all points at once, by continuation in ``log Im z`` from a
 large ``Im z`` (where ``w = −z`` is the physical root) down to the target, with
 a per-point adaptive step (a step is rejected when Newton does not converge,
-the root leaves the physical half-plane or jumps).  Along the real axis the
-edges come from a scan of Z(w) and are refined to machine precision by root
-finding on dZ/dw; the bulk masses are integrated by Gauss–Chebyshev
-quadrature adapted to the square-root edges (exponentially convergent) and
-cross-checked with a contour integral ``−(1/2πi)∮ q dz`` around each bulk.
+the root leaves the physical half-plane Im w ≤ 0, or w or r jumps by > 70 %).
+
+**Bulks.**  A log grid in ``λ − s_t²`` (10⁻⁸ … 1 of the spectrum's scale)
+is solved at ``Im z = 10⁻¹⁰ (λ − s_t²)``: complex roots mark bulk points,
+real roots gap points.  Each edge is then found exactly by walking along the
+real branch of F₁ = 0 from the neighbouring gap point until dZ/dw changes
+sign, then bisecting (machine precision; a λ-bisection on the complex root is
+the fallback).  Densities inside a bulk are evaluated at
+``Im z = 10⁻¹² × half-width`` on Gauss–Chebyshev nodes ``c − h cos θ_j``;
+the masses ``∫ρ = ∫_0^π ρ(c − h cos θ) h sin θ dθ`` converge exponentially
+for square-root edges (the node count is tripled until converged) and are
+cross-checked by the contour integral ``−(1/2πi)∮ q dz`` around each bulk.
 
 **δ peak.**  ``U = s_t² I + H Hᵀ`` with H of rank ≤ n + d, so ρ has an atom at
-s_t² of mass ``1 − (1 + ψ_n)/ψ_p`` when ``ψ_p > 1 + ψ_n`` (else 0); the result
-checks it against ``1 − Σ bulk masses``.
+s_t² of mass ``1 − (1 + ψ_n)/ψ_p`` when ``ψ_p > 1 + ψ_n`` (else 0; rank ≤ n,
+i.e. ``1 − ψ_n/ψ_p``, when b_t = 0); the result checks it against
+``1 − Σ bulk masses`` and the residue of −q at s_t².
+
+**Limits.**  A bulk narrower than ~10⁻⁸ of the scale (e.g. ρ₁ at large t,
+where v_t² → 0) is not resolved; the result then carries a warning with the
+missing mass.
 """
 
 from __future__ import annotations
@@ -82,6 +94,11 @@ class SpectrumProblem:
     constants: Constants
     ell: np.ndarray  # (K,) eigenvalues of Σ
     omega: np.ndarray  # (K,) weights, sum 1
+
+    def __post_init__(self):
+        # plain-float copies for the scalar real-axis code
+        object.__setattr__(self, "_ell_list", [float(v) for v in self.ell])
+        object.__setattr__(self, "_om_list", [float(v) for v in self.omega])
 
     @property
     def alpha(self) -> float:  # a_t² e^{−2t}
@@ -475,8 +492,6 @@ def _find_bulks(P: SpectrumProblem, n_grid: int = 600):
     (``|Im w| > 1e-6 |w|``) lie in a bulk.  Each edge is then located exactly by
     :func:`_march_edge` from the neighbouring gap point (where the root is real).
     """
-    object.__setattr__(P, "_ell_list", [float(v) for v in P.ell])
-    object.__setattr__(P, "_om_list", [float(v) for v in P.omega])
     s2 = P.constants.s_t2
     xs = np.geomspace(1e-8 * P.scale, P.scale, n_grid)
     lam = s2 + xs
@@ -663,7 +678,10 @@ def theorem32_edges(psi_p: float, psi_n: float, t: float, act: str | Callable = 
     """Support of ρ₁ in Theorem 3.2: ``s_t² + v_t² (1 ∓ √(ψ_p/ψ_n))²`` (valid for ψ_p, ψ_n ≫ 1)."""
     psi_p = _check_pos("psi_p", psi_p)
     psi_n = _check_pos("psi_n", psi_n)
-    k = rf_constants(t, sigma_x=sigma_x, act=act)
+    return _thm32(psi_p, psi_n, rf_constants(t, sigma_x=sigma_x, act=act))
+
+
+def _thm32(psi_p: float, psi_n: float, k: Constants) -> list[float]:
     x = math.sqrt(psi_p / psi_n)
     return [k.s_t2 + k.v_t2 * (1 - x) ** 2, k.s_t2 + k.v_t2 * (1 + x) ** 2]
 
@@ -766,7 +784,7 @@ def spectrum(psi_p: float, psi_n: float, t: float, sigma_spectrum: Sequence[floa
         "delta_mass_check": 1.0 - float(sum(masses)),
         "delta_mass_contour": dmc,
         "total_mass": P.delta_mass + float(sum(masses)),
-        "theorem32_edges": theorem32_edges(P.psi_p, P.psi_n, t, act, k.sigma_x),
+        "theorem32_edges": _thm32(P.psi_p, P.psi_n, k),
         "regime": regime,
         "constants": k.to_dict(),
         "params": {"psi_p": P.psi_p, "psi_n": P.psi_n, "t": float(t), "sigma_spectrum": P.ell.tolist(),
