@@ -1,9 +1,7 @@
 """Metrics: two-nearest kernel vs brute force, f_mem and its bootstrap, FD/KID, feature net, quality reference."""
 
 import math
-import os
 import types
-from pathlib import Path
 
 import numpy as np
 import pytest

@@ -29,7 +29,6 @@ import math
 import warnings
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from .errors import DiffmemError
