@@ -67,6 +67,7 @@ __all__ = [
     "lr_for_dtau",
     "simulate_gd",
     "crossing_time",
+    "lambda_max",
     "curves",
     "plot_curves",
 ]
@@ -285,6 +286,29 @@ def _loss_evaluator(obj, es: EigenSystem | None, where: str):
     return f
 
 
+def lambda_max(obj, iters: int = 200, seed: int = 0) -> float:
+    """Largest eigenvalue of U by power iteration (+1 % margin), from H or dense U;
+    GD with step dτ is stable for dτ < ψ_p/(Δ λ_max)."""
+    rng = np.random.default_rng(seed)
+    if "H" in obj:
+        H = obj["H"]
+        x = rng.standard_normal(H.shape[1])
+        lam = 0.0
+        for _ in range(iters):
+            y = H.T @ (H @ x)
+            lam = float(np.linalg.norm(y))
+            x = y / lam
+        return 1.01 * (lam + obj["s_t2"])
+    U = obj["U"]
+    x = rng.standard_normal(U.shape[0])
+    lam = 0.0
+    for _ in range(iters):
+        y = U @ x
+        lam = float(np.linalg.norm(y))
+        x = y / lam
+    return 1.01 * lam
+
+
 def _log_steps(taus: np.ndarray, dtau: float) -> np.ndarray:
     return np.maximum(np.rint(taus / dtau).astype(np.int64), 0)
 
@@ -336,7 +360,7 @@ def simulate_gd(prob_or_matrices, taus, method: str = "gd", dtau: float | None =
     meta = _meta_of(obj)
     d, p, psi_p, delta = meta["d"], meta["p"], meta["psi_p"], meta["delta"]
     sd = math.sqrt(delta)
-    need_eig = method != "adam" and (basis == "eigen" or (dtau is None and lr is None))
+    need_eig = method == "gd" and basis == "eigen"
     es = eig if eig is not None else (eigensystem(obj) if need_eig else None)
     if dtau is not None and lr is not None:
         raise DiffmemError("give either dtau or lr, not both")
@@ -346,7 +370,8 @@ def simulate_gd(prob_or_matrices, taus, method: str = "gd", dtau: float | None =
         if method == "adam":
             dtau = dtau_per_step(1e-3, d, psi_p, parametrisation)
         else:
-            dtau = 0.25 * psi_p / (delta * float(es.lam.max()))
+            lam_max = float(es.lam.max()) if es is not None else lambda_max(obj)
+            dtau = 0.25 * psi_p / (delta * lam_max)
     if not (dtau > 0 and math.isfinite(dtau)):
         raise DiffmemError(f"dtau/lr must be positive, got dtau={dtau!r}")
     lr = lr_for_dtau(dtau, d, psi_p, parametrisation)
