@@ -416,3 +416,11 @@ def test_inception_torchscript_detector(tmp_path, monkeypatch):
     vec = types.SimpleNamespace(**{**vars(ds), "shape": (64,)})
     with pytest.raises(DiffmemError, match="fid needs image data"):
         QualityReference.for_run(_cfg(quality=["fid"]), vec, tmp_path)
+
+
+def test_finite_check_tolerates_overflowing_row_sums():
+    train = np.full((4, 3), 3e38, dtype=np.float32)  # row sums overflow float32, values are finite
+    train[1] *= -1
+    train[2, 0] = 0
+    r = memorization_fraction(np.zeros((2, 3), np.float32), train, n_boot=10)
+    assert r["n_train"] == 4
