@@ -125,7 +125,7 @@ def main():
 
     # (a) fast kernel and full f_mem vs broadcast
     t_nn = best_time(lambda: two_nearest(s, X), dev)
-    t_fm = best_time(lambda: memorization_fraction(s, X, n_boot=1000), dev, reps=3)
+    t_fm = best_time(lambda: memorization_fraction(s, X, n_boot=1000), dev, reps=5)
     sync(dev)
     t0 = time.perf_counter()
     b1, b2 = broadcast_two_nearest(s, X)
