@@ -1,0 +1,198 @@
+"""``diffmem theory constants | spectrum | curves | heatmap`` (thin wrappers).
+
+Each command computes with the library (:mod:`.constants`, :mod:`.spectrum`,
+:mod:`.curves`, :mod:`.heatmap`), writes a PNG into ``--out`` (default
+``runs/theory``) and prints either a short human summary or, with
+``--json``, one JSON object on stdout.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import DiffmemError
+
+__all__ = ["register"]
+
+
+def _floats(text: str, name: str) -> list[float]:
+    try:
+        vals = [float(v) for v in str(text).split(",") if v.strip()]
+    except ValueError:
+        raise DiffmemError(f"{name} must be comma-separated numbers, got {text!r}") from None
+    if not vals:
+        raise DiffmemError(f"{name} is empty")
+    return vals
+
+
+def _jsonable(x):
+    if isinstance(x, dict):
+        return {k: _jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_jsonable(v) for v in x]
+    if isinstance(x, np.ndarray):
+        return _jsonable(x.tolist())
+    if isinstance(x, (np.floating, float)):
+        return float(x) if math.isfinite(float(x)) else None
+    if isinstance(x, np.integer):
+        return int(x)
+    return x
+
+
+def _emit(args, obj: dict, lines: list[str]) -> int:
+    if args.json:
+        print(json.dumps(_jsonable(obj)))
+    else:
+        print("\n".join(lines))
+    return 0
+
+
+def _outdir(args) -> Path:
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def cmd_constants(args) -> int:
+    from .constants import rf_constants, stein_checks
+
+    k = rf_constants(args.t, sigma_x=args.sigma_x, act=args.activation)
+    obj = {"t": k.t, "sigma_x": k.sigma_x, "delta_t": k.delta, "gamma_t2": k.gamma2, "a_t": k.a_t, "b_t": k.b_t,
+           "v_t2": k.v_t2, "s_t2": k.s_t2, "mu1": k.mu1, "sigma_norm2": k.sigma_norm2,
+           "stein_residuals": stein_checks(k, args.activation)}
+    lines = [f"random-features constants, {args.activation}, t = {k.t:g}, sigma_x = {k.sigma_x:g} "
+             f"(Gauss-Hermite quadrature)"]
+    lines += [f"  {name:12s} {obj[name]:.8g}" for name in ("a_t", "b_t", "v_t2", "s_t2", "mu1", "sigma_norm2")]
+    worst = max(abs(v) for v in obj["stein_residuals"].values())
+    lines.append(f"  Stein identities hold to {worst:.1e}")
+    return _emit(args, obj, lines)
+
+
+def cmd_spectrum(args) -> int:
+    from .spectrum import kolmogorov_distance, plot_spectrum, spectrum
+
+    spec = _floats(args.sigma_spectrum, "--sigma-spectrum")
+    w = _floats(args.sigma_weights, "--sigma-weights") if args.sigma_weights else None
+    res = spectrum(args.psi_p, args.psi_n, args.t, sigma_spectrum=spec, sigma_weights=w, n_lambda=args.n_lambda,
+                   act=args.activation)
+    eig = None
+    obj = {k: res[k] for k in ("lambda", "density", "bulks", "delta_mass") if k in res}
+    for k in ("delta_position", "theorem32_edges", "regime", "warnings"):
+        if k in res:
+            obj[k] = res[k]
+    if args.d:
+        from .rf import ge_U_eigenvalues, make_problem
+
+        prob = make_problem(args.d, args.psi_p, args.psi_n, args.t, sigma_spectrum=spec, sigma_weights=w,
+                            seed=args.seed, act=args.activation)
+        eig = ge_U_eigenvalues(prob)
+        obj["ks_gaussian_equivalent"] = kolmogorov_distance(res, eig)
+        obj["d"] = args.d
+    fig = plot_spectrum(res, _outdir(args) / "spectrum.png", eigenvalues=eig)
+    obj["figure"] = str(fig)
+    lines = [f"spectrum of U (Thm 3.1): psi_p = {args.psi_p:g}, psi_n = {args.psi_n:g}, t = {args.t:g}, "
+             f"rho_Sigma = {spec}" + (f" weights {w}" if w else "")]
+    lines.append(f"  delta peak at s_t^2 with mass {obj['delta_mass']:.6f}")
+    for lo, hi, m in obj["bulks"]:
+        lines.append(f"  bulk [{lo:.6g}, {hi:.6g}]  mass {m:.6f}")
+    if eig is not None:
+        lines.append(f"  Kolmogorov distance to the Gaussian-equivalent U at d = {args.d}: "
+                     f"{obj['ks_gaussian_equivalent']:.4f}")
+    lines.append(f"  figure: {fig}")
+    return _emit(args, obj, lines)
+
+
+def cmd_curves(args) -> int:
+    from .curves import curves, plot_curves, simulate_gd
+
+    spec = _floats(args.sigma_spectrum, "--sigma-spectrum")
+    res = curves(args.psi_p, args.psi_n, args.t, args.d, seed=args.seed, n_tau=args.n_tau, tau_max=args.tau_max,
+                 sigma_spectrum=spec, act=args.activation)
+    sim = None
+    if args.simulate:
+        from .rf import make_problem
+
+        prob = make_problem(args.d, args.psi_p, args.psi_n, args.t, sigma_spectrum=spec, seed=args.seed,
+                            act=args.activation)
+        taus = np.asarray(res["tau"])[:: max(1, len(res["tau"]) // 25)]
+        sim = simulate_gd(prob, taus[taus >= 1.0], method="gd")
+        res["simulation"] = {k: sim[k] for k in ("tau", "train_loss", "test_loss", "score_error") if k in sim}
+    fig = plot_curves(res, _outdir(args) / "curves.png", sim=sim)
+    res["figure"] = str(fig)
+    lines = [f"closed-form learning curves (gradient flow, tau = k eta / d^2): psi_p = {args.psi_p:g}, "
+             f"psi_n = {args.psi_n:g}, t = {args.t:g}, d = {args.d}",
+             f"  predicted tau_gen ~ {res['tau_gen']:.4g}, tau_mem = {res['tau_mem']:.4g}",
+             f"  at tau = {res['tau'][-1]:.4g}: train {res['train_loss'][-1]:.5f}, test {res['test_loss'][-1]:.5f}, "
+             f"score error {res['score_error'][-1]:.5f}",
+             f"  figure: {fig}"]
+    return _emit(args, res, lines)
+
+
+def cmd_heatmap(args) -> int:
+    from .heatmap import gap_heatmap, plot_heatmap
+
+    res = gap_heatmap(_floats(args.psi_n, "--psi-n"), _floats(args.psi_p, "--psi-p"),
+                      taus=_floats(args.tau, "--tau"), t=args.t, d=args.d, seed=args.seed, n_seeds=args.n_seeds)
+    fig = plot_heatmap(res, _outdir(args) / "heatmap.png")
+    res["figure"] = str(fig)
+    lines = [f"generalisation gap L_test - L_train over (psi_n, psi_p) at tau = {[float(x) for x in res['tau']]}, t = {args.t:g}, "
+             f"d = {args.d} ({res['seconds']:.1f} s)", f"  figure: {fig}"]
+    return _emit(args, res, lines)
+
+
+def register(sub) -> None:
+    """Add ``theory`` and its four subcommands to an argparse subparsers object."""
+    p = sub.add_parser("theory", help="random-features theory of BUBM25: constants, spectrum, curves, heatmap")
+    ts = p.add_subparsers(dest="theory_cmd", required=True)
+
+    def common(q, fig=True):
+        q.add_argument("--activation", default="tanh", help="tanh (default), erf, relu, linear")
+        q.add_argument("--json", action="store_true", help="print one JSON object")
+        if fig:
+            q.add_argument("--out", default="runs/theory", help="folder for the PNG (default runs/theory)")
+
+    q = ts.add_parser("constants", help="a_t, b_t, v_t^2, s_t^2, mu1, ||sigma||^2 by quadrature")
+    q.add_argument("--t", type=float, required=True, help="OU diffusion time t")
+    q.add_argument("--sigma-x", type=float, default=1.0, help="data scale, sigma_x^2 = Tr Sigma / d")
+    common(q, fig=False)
+    q.set_defaults(func=cmd_constants)
+
+    q = ts.add_parser("spectrum", help="density of U from Theorem 3.1 (Fig. 4)")
+    q.add_argument("--psi-p", type=float, required=True, help="p / d")
+    q.add_argument("--psi-n", type=float, required=True, help="n / d")
+    q.add_argument("--t", type=float, required=True)
+    q.add_argument("--sigma-spectrum", default="1", help="eigenvalues of Sigma, e.g. '1' or '0.5,1.5'")
+    q.add_argument("--sigma-weights", help="their weights (default equal)")
+    q.add_argument("--n-lambda", type=int, default=400)
+    q.add_argument("--d", type=int, default=0, help="also draw the Gaussian-equivalent U at this d and compare")
+    q.add_argument("--seed", type=int, default=0)
+    common(q)
+    q.set_defaults(func=cmd_spectrum)
+
+    q = ts.add_parser("curves", help="closed-form train/test loss and score error under gradient flow (Fig. 5A)")
+    q.add_argument("--psi-p", type=float, required=True)
+    q.add_argument("--psi-n", type=float, required=True)
+    q.add_argument("--t", type=float, required=True)
+    q.add_argument("--d", type=int, required=True)
+    q.add_argument("--seed", type=int, default=0)
+    q.add_argument("--n-tau", type=int, default=200)
+    q.add_argument("--tau-max", type=float, help="last tau (default 30 x the slowest predicted time)")
+    q.add_argument("--sigma-spectrum", default="1")
+    q.add_argument("--simulate", action="store_true", help="overlay a full-batch gradient-descent simulation")
+    common(q)
+    q.set_defaults(func=cmd_curves)
+
+    q = ts.add_parser("heatmap", help="generalisation gap over (psi_n, psi_p) at given tau (Fig. 5C)")
+    q.add_argument("--psi-n", default="1,2,4,8,16,32")
+    q.add_argument("--psi-p", default="2,4,8,16,32,64,128")
+    q.add_argument("--tau", default="1000,10000")
+    q.add_argument("--t", type=float, default=0.1)
+    q.add_argument("--d", type=int, default=50)
+    q.add_argument("--seed", type=int, default=0)
+    q.add_argument("--n-seeds", type=int, default=1)
+    common(q)
+    q.set_defaults(func=cmd_heatmap)
