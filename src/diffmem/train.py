@@ -229,7 +229,7 @@ def train(cfg: RunConfig, run_dir: str | Path, resume: bool = True, progress: bo
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        acc["loss_sum"] += float(loss)
+        acc["loss_sum"] += float(loss.detach())
         acc["loss_count"] += 1
         if step in ckpt_set:
             checkpoint(step)
