@@ -134,7 +134,7 @@ class QualityReference:
         to_unit = None
         if hasattr(ds, "to_pixels"):
             to_unit = lambda x: (ds.to_pixels(x) + 1) / 2  # noqa: E731  ([-1, 1] pixels -> [0, 1])
-        return cls(ds.test, net, to_unit=to_unit, seed=int(cfg.eval.sample_seed), inception=inception,
+        return cls(ds.test, net, to_unit=to_unit, seed=int(cfg.eval.sample_seed), inception=inception, kid_subsets=50,
                    device=_device(cfg))
 
     # -- reference statistics (lazy, cached)
@@ -199,7 +199,10 @@ class QualityReference:
                     if name == "fd_feat":
                         out[name] = (frechet_distance(GaussianStats.from_features(feats), ref_s), None)
                     else:
-                        out[name] = kid(feats, ref_f, self.kid_subsets, self.kid_subset_size, self.seed)
+                        # subsets of at most half of each set, so that the spread over subsets is a
+                        # real subsampling spread (a subset as large as the set is the set itself)
+                        m = max(2, min(self.kid_subset_size, len(feats) // 2, len(ref_f) // 2))
+                        out[name] = kid(feats, ref_f, self.kid_subsets, m, self.seed)
                 elif name == "fid":
                     ref = self._ref("fid")
                     f = inception_features(self._need_inception(), self._unit(samples))
