@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import time
 
 import numpy as np
@@ -105,7 +106,7 @@ def main(argv=None):
             plot_spectrum(res, os.path.join(args.out, f"fig4_{name}_real.png"), eigenvalues=evr,
                           title=f"Fig. 4 ({name}): theory vs real-feature U (n_noise = {args.n_noise}), d = {args.d}")
         report[name] = entry
-        print(f"[{name}] done", flush=True)
+        print(f"[{name}] done", file=sys.stderr, flush=True)
     checks = {"identity_within_3pct": report["identity"]["vs_spec"]["max_rel_err"] < 0.03}
     for name in CASES:
         checks[f"{name}_ge_ks_lt_0.05"] = report[name]["ge"]["ks"] < 0.05

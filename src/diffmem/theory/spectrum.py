@@ -96,33 +96,21 @@ class SpectrumProblem:
     omega: np.ndarray  # (K,) weights, sum 1
 
     def __post_init__(self):
-        # plain-float copies for the scalar real-axis code
-        object.__setattr__(self, "_ell_list", [float(v) for v in self.ell])
-        object.__setattr__(self, "_om_list", [float(v) for v in self.omega])
-
-    @property
-    def alpha(self) -> float:  # a_t² e^{−2t}
-        return self.constants.a_t**2 * math.exp(-2.0 * self.constants.t)
-
-    @property
-    def kappa(self) -> float:  # ψ_p a_t² e^{−2t}
-        return self.psi_p * self.alpha
-
-    @property
-    def c1(self) -> float:  # a_t² e^{−2t} ψ_p / ψ_n
-        return self.alpha * self.psi_p / self.psi_n
-
-    @property
-    def c2(self) -> float:  # ψ_p v_t² / ψ_n
-        return self.psi_p * self.constants.v_t2 / self.psi_n
-
-    @property
-    def b2p(self) -> float:  # b_t² ψ_p
-        return self.constants.b_t**2 * self.psi_p
-
-    @property
-    def m1(self) -> float:  # ∫ ℓ dρ_Σ
-        return float(self.omega @ self.ell)
+        k = self.constants
+        alpha = k.a_t**2 * math.exp(-2.0 * k.t)
+        derived = {
+            "alpha": alpha,  # a_t² e^{−2t}
+            "kappa": self.psi_p * alpha,  # ψ_p a_t² e^{−2t}
+            "c1": alpha * self.psi_p / self.psi_n,  # a_t² e^{−2t} ψ_p/ψ_n
+            "c2": self.psi_p * k.v_t2 / self.psi_n,  # ψ_p v_t²/ψ_n
+            "b2p": k.b_t**2 * self.psi_p,  # b_t² ψ_p
+            "m1": float(self.omega @ self.ell),  # ∫ ℓ dρ_Σ
+            # plain-float copies for the scalar real-axis code
+            "_ell_list": [float(v) for v in self.ell],
+            "_om_list": [float(v) for v in self.omega],
+        }
+        for key, val in derived.items():
+            object.__setattr__(self, key, val)
 
     @property
     def delta_mass(self) -> float:
@@ -332,7 +320,7 @@ def stieltjes(z, psi_p: float | SpectrumProblem, psi_n: float | None = None, t: 
 
     Pass either ``(z, psi_p, psi_n, t, ...)`` or ``(z, problem)``.
     ``q(z) = (1/p) Tr (U − z)⁻¹``; the physical root (Im q > 0) is reached by
-    continuation from large Im z.
+    continuation from large Im z (NaN at points where the continuation failed).
     """
     P = psi_p if isinstance(psi_p, SpectrumProblem) else spectrum_problem(
         psi_p, psi_n, t, sigma_spectrum, sigma_weights, act, sigma_x)
