@@ -311,3 +311,20 @@ def test_tau_gen_improvement_reference_ignores_best_level():
     b_lo = tau_gen(s, lo, rel_tol=0.1, smooth=1, reference="best")
     b_hi = tau_gen(s, hi, rel_tol=0.1, smooth=1, reference="best")
     assert b_lo.value >= 1.5 * b_hi.value  # "within 10 % of best" depends on the best level (31 vs 19)
+
+
+def test_tau_gen_common_target_level():
+    s = np.arange(1, 41, dtype=float)
+    common = 100.0 * np.exp(-s / 5.0)  # the n-independent generalisation phase
+    small_n = np.maximum(common, 12.0)  # plateau 12 (few training points)
+    large_n = np.maximum(common, 2.0)  # plateau 2
+    target = 12.0 * 1.1
+    a = tau_gen(s, small_n, smooth=1, target=target)
+    b = tau_gen(s, large_n, smooth=1, target=target)
+    assert a.reached and b.reached and a.details["reference"] == "target"
+    assert a.value == b.value  # both reach the common level at the same time
+    assert tau_gen(s, large_n, smooth=1).value > 1.5 * b.value  # 'within 10 % of own best' waits for the plateau
+    never = tau_gen(s, small_n, smooth=1, target=5.0)
+    assert not never.reached and never.value == math.inf and never.low == 40.0
+    with pytest.raises(DiffmemError, match="target"):
+        tau_gen(s, small_n, target=float("nan"))

@@ -334,6 +334,8 @@ def _short(e: Estimate) -> str:
     """A compact description of an estimator for a legend."""
     m = e.method
     if m.startswith("tau_gen"):
+        if e.details.get("reference") == "target":
+            return f"quality reaches the common level {e.details.get('threshold', float('nan')):.3g}"
         if e.details.get("reference") == "improvement":
             return f"{100 - 100 * e.details.get('rel_tol', 0.1):g} % of the quality improvement made"
         return f"quality within {100 * e.details.get('rel_tol', 0.1):g} % of best"
@@ -526,6 +528,28 @@ def _headline(fits: dict[Any, dict]) -> tuple[Any, dict]:
     return w, ok[w]
 
 
+def _common_tau_gen(runs: list, rel_tol: float, smooth: int) -> None:
+    """τ_gen as the time to reach a quality level every run of a width attains.
+
+    Per width, q* = max over runs of (smoothed best quality) + rel_tol·|that|;
+    each run's τ_gen is its first checkpoint with smoothed quality ≤ q*.  In
+    the generalisation phase the quality curves of different n coincide
+    (BUBM25: τ_gen independent of n) while their plateaus differ (a model of
+    16 images cannot match the held-out set as well as one of 128), so a
+    common level compares like with like.
+    """
+    for w in _widths(runs):
+        group = [r for r in runs if r.width == w and r.quality is not None and r.tau_gen is not None]
+        if not group:
+            continue
+        worst_best = max(r.tau_gen.details["best"] for r in group)
+        target = worst_best + rel_tol * abs(worst_best)
+        for r in group:
+            s, q, e = r.quality
+            r.tau_gen = tau_gen(s, q, errors=e if np.isfinite(e).any() else None, rel_tol=rel_tol, smooth=smooth,
+                                target=target)
+
+
 def make_report(
     sweep_dir: str | Path,
     out_dir: str | Path,
@@ -552,7 +576,8 @@ def make_report(
         rel_tol, smooth, tau_gen_reference: τ_gen definition
             (:func:`diffmem.timescales.tau_gen`; ``"best"``: within ``rel_tol``
             of the best value, ``"improvement"``: ``1 − rel_tol`` of the total
-            improvement made).
+            improvement made), ``"common"``: the first checkpoint reaching the
+            level that every run of the width attains (see ``_common_tau_gen``).
         tau_mem_method, persist, level: τ_mem definition
             (:func:`diffmem.timescales.tau_mem`).
         alpha_frac: FSW25 stopping fraction for ``stop_steps``.
@@ -579,8 +604,11 @@ def make_report(
     if not paths:
         raise DiffmemError(f"no run directories found in {sweep_dir}")
     out_dir.mkdir(parents=True, exist_ok=True)
-    runs = [load_run(p, quality_metric, rel_tol, smooth, tau_mem_method, persist, level, tau_gen_reference) for p in paths]
+    per_run_ref = "best" if tau_gen_reference == "common" else tau_gen_reference
+    runs = [load_run(p, quality_metric, rel_tol, smooth, tau_mem_method, persist, level, per_run_ref) for p in paths]
     runs.sort(key=lambda r: (r.width is None, r.width or 0, r.n, r.seed if r.seed is not None else 0))
+    if tau_gen_reference == "common":
+        _common_tau_gen(runs, rel_tol, smooth)
 
     fits = _fit_by_width(runs, "tau_mem", n_boot, seed)
     fits_level = _fit_by_width(runs, "tau_mem_level", n_boot, seed)

@@ -132,8 +132,11 @@ def _bracket(s: np.ndarray, i: int) -> tuple[float, float]:
 # τ_gen
 
 
-def _threshold(qs: np.ndarray, rel_tol: float, abs_tol: float, reference: str) -> np.ndarray:
+def _threshold(qs: np.ndarray, rel_tol: float, abs_tol: float, reference: str,
+               target: float | None = None) -> np.ndarray:
     best = np.nanmin(qs, axis=-1, keepdims=True)
+    if reference == "target":
+        return np.full_like(best, float(target))
     if reference == "improvement":
         # within rel_tol of the total improvement from the first checkpoint to the best
         span = np.abs(qs[..., :1] - best)
@@ -142,11 +145,14 @@ def _threshold(qs: np.ndarray, rel_tol: float, abs_tol: float, reference: str) -
 
 
 def _first_within(q: np.ndarray, rel_tol: float, abs_tol: float, smooth: int,
-                  reference: str = "best") -> np.ndarray:
-    """Index of the first point within tolerance of the best, per row of q [..., K]."""
+                  reference: str = "best", target: float | None = None) -> np.ndarray:
+    """Index of the first point within tolerance of the best, per row of q [..., K]
+    (-1 where a ``target`` level is never reached)."""
     qs = running_median(q, smooth)
-    thr = _threshold(qs, rel_tol, abs_tol, reference)
-    return np.argmax(qs <= thr, axis=-1)  # argmax of a boolean = first True (the best itself qualifies)
+    thr = _threshold(qs, rel_tol, abs_tol, reference, target)
+    ok = qs <= thr
+    # argmax of a boolean = first True (the best itself qualifies unless the reference is a target)
+    return np.where(ok.any(axis=-1), np.argmax(ok, axis=-1), -1)
 
 
 def tau_gen(
@@ -159,6 +165,7 @@ def tau_gen(
     n_boot: int = 500,
     seed: int = 0,
     reference: str = "best",
+    target: float | None = None,
 ) -> Estimate:
     """Generalisation time: first checkpoint where quality is near its best.
 
@@ -197,8 +204,12 @@ def tau_gen(
     s, q = _as_arrays(steps, quality, "tau_gen")
     if rel_tol < 0 or abs_tol < 0:
         raise DiffmemError("tau_gen: tolerances must be non-negative")
-    if reference not in ("best", "improvement"):
-        raise DiffmemError(f"tau_gen: reference must be 'best' or 'improvement', got {reference!r}")
+    if target is not None:
+        reference = "target"
+        if not math.isfinite(float(target)):
+            raise DiffmemError(f"tau_gen: target must be finite, got {target!r}")
+    if reference not in ("best", "improvement", "target"):
+        raise DiffmemError(f"tau_gen: reference must be 'best', 'improvement' or a target level, got {reference!r}")
     ok = np.isfinite(q)
     if not ok.any():
         raise DiffmemError("tau_gen: quality has no finite value")
@@ -206,14 +217,20 @@ def tau_gen(
     err = _opt(errors, ok.size)
     err = None if err is None else err[ok]
 
-    i = int(_first_within(q, rel_tol, abs_tol, smooth, reference))
-    lo, hi = _bracket(s, i)
+    i = int(_first_within(q, rel_tol, abs_tol, smooth, reference, target))
     qs = running_median(q, smooth)
+    if i < 0:  # a target level never reached: open-ended at the last checkpoint
+        details = {"best": float(np.nanmin(qs)), "threshold": float(target), "reference": reference,
+                   "rel_tol": rel_tol, "smooth": smooth}
+        return Estimate(math.inf, float(s[-1]), math.inf,
+                        f"tau_gen: first checkpoint with median{smooth}(q) <= {float(target):.6g} (not reached)",
+                        False, details)
+    lo, hi = _bracket(s, i)
     best = float(np.nanmin(qs))
     details: dict[str, Any] = {
         "best": best,
         "best_step": float(s[int(np.nanargmin(qs))]),
-        "threshold": float(_threshold(qs, rel_tol, abs_tol, reference)[0]),
+        "threshold": float(_threshold(qs, rel_tol, abs_tol, reference, target)[0]),
         "reference": reference,
         "bracket": [lo, hi],
         "rel_tol": rel_tol,
@@ -221,10 +238,14 @@ def tau_gen(
     }
     tol = "|best|" if reference == "best" else "(q_start - best)"
     method = f"tau_gen: first checkpoint with median{smooth}(q) <= best + {rel_tol:g}*{tol}"
+    if reference == "target":
+        method = f"tau_gen: first checkpoint with median{smooth}(q) <= {float(target):.6g} (common level)"
     if err is not None and n_boot > 0 and np.any(np.nan_to_num(err) > 0):
         rng = np.random.default_rng(seed)
         e = np.nan_to_num(err, nan=0.0)
-        idx = _first_within(q + e * rng.standard_normal((n_boot, q.size)), rel_tol, abs_tol, smooth, reference)
+        idx = _first_within(q + e * rng.standard_normal((n_boot, q.size)), rel_tol, abs_tol, smooth, reference,
+                            target)
+        idx = np.where(idx < 0, q.size - 1, idx)
         bs = s[idx]
         b_lo, b_hi = np.percentile(bs, [2.5, 97.5])
         # the bootstrap index i* also has a bracket [s[i*-1], s[i*]]
