@@ -104,7 +104,9 @@ def cmd_sweep(args) -> int:
 def cmd_report(args) -> int:
     from .report import make_report
 
-    summary = make_report(args.sweep, args.out or Path(args.sweep) / "report")
+    summary = make_report(args.sweep, args.out or Path(args.sweep) / "report", quality_metric=args.quality_metric,
+                          rel_tol=args.rel_tol, tau_gen_reference=args.tau_gen_reference,
+                          tau_mem_method=args.tau_mem_method)
     print(json.dumps(summary, indent=2))
     return 0
 
@@ -169,6 +171,14 @@ def build_parser() -> argparse.ArgumentParser:
     q = sub.add_parser("report", help="timescales, power-law fit and figures of a sweep directory")
     q.add_argument("--sweep", required=True)
     q.add_argument("--out", help="output folder (default SWEEP/report)")
+    q.add_argument("--quality-metric", help="metric for tau_gen, e.g. quality/fd_pixel (default: fid, fd_feat, kid, "
+                   "fd_pixel, the first present)")
+    q.add_argument("--rel-tol", type=float, default=0.1, help="tau_gen tolerance (default 0.1)")
+    q.add_argument("--tau-gen-reference", default="best", choices=["best", "improvement", "common"],
+                   help="tau_gen: within rel-tol of the run's best | (1-rel-tol) of its improvement | "
+                        "the level every run of a width attains")
+    q.add_argument("--tau-mem-method", default="significant", choices=["significant", "level"],
+                   help="tau_mem: first significant f_mem > 0 | f_mem/f_mem(end) crosses 0.5")
     q.set_defaults(func=cmd_report)
 
     from .audit import add_audit_parser
