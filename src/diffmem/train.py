@@ -43,6 +43,9 @@ from .models import build_backbone, count_params
 __all__ = ["train", "build_denoiser", "load_denoiser", "step_seed", "atomic_write_text"]
 
 
+_EXECUTION_KEYS = ("threads", "device")
+
+
 def step_seed(seed: int, step: int, stream: int = 0) -> int:
     """A 63-bit seed for (run seed, step, stream), via numpy's SeedSequence."""
     return int(np.random.SeedSequence([int(seed), int(step), int(stream)]).generate_state(1, np.uint64)[0] >> np.uint64(1))
@@ -172,8 +175,12 @@ def train(cfg: RunConfig, run_dir: str | Path, resume: bool = True, progress: bo
         if not resume:
             raise DiffmemError(f"run directory {run_dir} already holds a run; use --resume or another --out")
         old = json.loads((run_dir / "config.json").read_text())
-        if {k: old.get(k) for k in cfg.to_dict()} != cfg.to_dict():
-            raise DiffmemError(f"run directory {run_dir} holds a run with a different config; use another --out")
+        # execution settings may change on resume (bit-identity then holds only for the same device and threads)
+        new = {k: v for k, v in cfg.to_dict().items() if k not in _EXECUTION_KEYS}
+        diff = sorted(k for k in new if old.get(k) != new[k])
+        if diff:
+            raise DiffmemError(f"run directory {run_dir} holds a run with a different config ({', '.join(diff)} "
+                               "differ); use another --out")
         st = torch.load(state_path, map_location=device, weights_only=False)
         den.load_state_dict(st["model"])
         opt.load_state_dict(st["optim"])
