@@ -22,6 +22,7 @@ batches walk through a fresh seeded permutation of the n points each epoch.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import time
@@ -102,6 +103,12 @@ def load_denoiser(run_dir: str | Path, step: int | None = None, device: str = "c
     return den, cfg
 
 
+@functools.lru_cache(maxsize=4)
+def _epoch_permutation(n: int, epoch: int, seed: int) -> torch.Tensor:
+    """The data order of one epoch (cached: consecutive steps share it; callers only slice it)."""
+    return torch.randperm(n, generator=torch.Generator().manual_seed(step_seed(seed, epoch, 1)))
+
+
 def _batch_indices(n: int, batch: int, step: int, seed: int) -> torch.Tensor:
     """Indices of the batch of ``step`` (1-based); a function of (n, batch, step, seed) only."""
     if batch >= n:
@@ -110,7 +117,7 @@ def _batch_indices(n: int, batch: int, step: int, seed: int) -> torch.Tensor:
     out, pos = [], start
     while pos < start + batch:
         epoch, off = divmod(pos, n)
-        perm = torch.randperm(n, generator=torch.Generator().manual_seed(step_seed(seed, epoch, 1)))
+        perm = _epoch_permutation(n, epoch, seed)
         take = min(n - off, start + batch - pos)
         out.append(perm[off : off + take])
         pos += take
@@ -119,9 +126,23 @@ def _batch_indices(n: int, batch: int, step: int, seed: int) -> torch.Tensor:
 
 def _make_optimizer(cfg: RunConfig, params) -> torch.optim.Optimizer:
     o = cfg.optim
+    # foreach=True: one fused call per update instead of a Python loop over the parameters
+    # (the same arithmetic; ~0.4 ms less per step for the small digits MLP on CPU)
     if o.name == "sgd":
-        return torch.optim.SGD(params, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay)
-    return torch.optim.Adam(params, lr=o.lr, betas=(o.beta1, o.beta2), weight_decay=o.weight_decay)
+        return torch.optim.SGD(params, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay, foreach=True)
+    return torch.optim.Adam(params, lr=o.lr, betas=(o.beta1, o.beta2), weight_decay=o.weight_decay, foreach=True)
+
+
+def _seed_global(seed: int, device: torch.device) -> None:
+    """Seed the global RNG of the device in use.
+
+    Same effect as ``torch.manual_seed`` for that device, without the latter's
+    lazy seeding of every accelerator backend (CUDA, XPU, MTIA), which formats a
+    Python stack trace on each call and cost ~0.4 ms per training step.
+    """
+    torch.default_generator.manual_seed(seed)
+    if device.type == "cuda":
+        torch.cuda.manual_seed(seed)
 
 
 def _truncate_metrics(path: Path, last_step: int) -> None:
@@ -225,7 +246,7 @@ def train(cfg: RunConfig, run_dir: str | Path, resume: bool = True, progress: bo
     den.train()
     t0 = time.time()
     for step in range(start + 1, cfg.steps + 1):
-        torch.manual_seed(step_seed(cfg.seed, step, 0))  # dropout and anything else on the global RNG
+        _seed_global(step_seed(cfg.seed, step, 0), device)  # dropout and anything else on the global RNG
         g = torch.Generator().manual_seed(step_seed(cfg.seed, step, 3))
         y = train_set[_batch_indices(cfg.n, batch, step, cfg.seed).to(device)]
         sigma = sigma_sampler(y.shape[0], generator=g, device=device)
