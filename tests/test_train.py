@@ -86,9 +86,9 @@ def test_run_directory_contents(tmp_path):
 
 
 def _bad_npy(tmp_path, kind):
-    if kind == "nan":
+    if kind in ("nan", "inf"):
         a = np.random.default_rng(0).normal(size=(40, 8)).astype(np.float32)
-        a[3, 2] = np.nan
+        a[3, 2] = np.nan if kind == "nan" else -np.inf
     else:
         a = np.zeros((2, 8), np.float32)
     p = tmp_path / f"{kind}.npy"
@@ -102,6 +102,7 @@ def _bad_npy(tmp_path, kind):
     (lambda t: ["steps=-5"], "steps must be positive"),
     (lambda t: ["n=1"], "at least 2 training points"),
     (lambda t: [f"data={_bad_npy(t, 'nan')}", "n=8"], "NaN or inf"),
+    (lambda t: [f"data={_bad_npy(t, 'inf')}", "n=8"], "NaN or inf"),
     (lambda t: [f"data={_bad_npy(t, 'two')}", "n=2"], "at least 2 training points"),
     (lambda t: ["n=5000"], "exceeds"),
     (lambda t: ["model.widht=3"], "unknown config key"),
