@@ -328,3 +328,24 @@ def test_tau_gen_common_target_level():
     assert not never.reached and never.value == math.inf and never.low == 40.0
     with pytest.raises(DiffmemError, match="target"):
         tau_gen(s, small_n, target=float("nan"))
+
+
+def test_make_report_phase_multiples(tmp_path):
+    from diffmem.report import make_report
+
+    sweep = make_synthetic_sweep(tmp_path / "sweep")
+    summary = make_report(sweep, tmp_path / "rep", n_boot=100, phase_multiples=(1, 30, 300))
+    tg = float(np.median(summary["tau_gen"]))
+    b = summary["phase_boundary"]
+    assert summary["phase_multiples"] == [1.0, 30.0, 300.0]
+    assert [x["multiple"] for x in b] == [1.0, 30.0, 300.0]
+    np.testing.assert_allclose([x["tau"] for x in b], [tg, 30 * tg, 300 * tg])
+    # at τ_gen the small-n runs already memorise (onset ≈ 10 n steps here) but 256, 512 do not
+    assert b[0]["status"] == "found" and b[0]["n_star"] == 256
+    # at 30 τ_gen every tested n memorises; 300 τ_gen is beyond the 200k steps trained
+    assert b[1]["status"] == "all_memorise" and b[1]["n_star"] is None
+    assert b[2]["status"] == "not_trained"
+    for bad in [(), (0, 3), (1, float("nan"))]:
+        with pytest.raises(DiffmemError, match="phase_multiples"):
+            make_report(sweep, tmp_path / "bad", n_boot=10, phase_multiples=bad)
+        assert not (tmp_path / "bad").exists()

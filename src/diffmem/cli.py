@@ -88,6 +88,13 @@ def _int_list(text: str) -> list[int]:
         raise DiffmemError(f"expected a comma-separated list of integers, got {text!r}") from None
 
 
+def _floats(text: str, what: str) -> list[float]:
+    try:
+        return [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise DiffmemError(f"{what}: expected a comma-separated list of numbers, got {text!r}") from None
+
+
 def cmd_sweep(args) -> int:
     from .report import make_report
     from .sweep import plan_sweep, run_sweep
@@ -106,7 +113,8 @@ def cmd_report(args) -> int:
 
     summary = make_report(args.sweep, args.out or Path(args.sweep) / "report", quality_metric=args.quality_metric,
                           rel_tol=args.rel_tol, tau_gen_reference=args.tau_gen_reference,
-                          tau_mem_method=args.tau_mem_method)
+                          tau_mem_method=args.tau_mem_method, phase_multiples=_floats(args.phase_multiples,
+                                                                                   "--phase-multiples"))
     print(json.dumps(summary, indent=2))
     return 0
 
@@ -179,6 +187,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "the level every run of a width attains")
     q.add_argument("--tau-mem-method", default="significant", choices=["significant", "level"],
                    help="tau_mem: first significant f_mem > 0 | f_mem/f_mem(end) crosses 0.5")
+    q.add_argument("--phase-multiples", default="1,3,8",
+                   help="phase-diagram times as multiples of tau_gen (default 1,3,8 as BUBM25; the demo uses 10,30,100)")
     q.set_defaults(func=cmd_report)
 
     from .audit import add_audit_parser

@@ -11,7 +11,7 @@ temporary file then renamed, so a reader never sees half a PNG):
 ``collapse.png``       f_mem(τ)/f_mem(τ_max) vs τ/n
 ``timescales.png``     τ_mem and τ_gen vs n with the fitted power law and its band
 ``losses.png``         train / test DSM loss vs τ at the smallest probed noise level
-``phase_diagram.png``  smallest n with f_mem(τ) = 0 vs p, τ ∈ {τ_gen, 3τ_gen, 8τ_gen}
+``phase_diagram.png``  smallest n with f_mem(τ) = 0 vs p, τ ∈ {τ_gen, 3τ_gen, 8τ_gen} (``phase_multiples``)
 =====================  =====================================================
 
 One panel per model width when a sweep has several.
@@ -422,7 +422,7 @@ def plot_losses(runs: Sequence[RunData], path: str | Path) -> Path:
     return _save(fig, path)
 
 
-def plot_phase_diagram(boundary: Sequence[dict], path: str | Path, multiples: Sequence[float] = TAU_MULTIPLES) -> Path:
+def plot_phase_diagram(boundary: Sequence[dict], path: str | Path) -> Path:
     """Smallest n with f_mem(τ) = 0 against the parameter count p (BUBM25 Fig. 3 right)."""
     if not boundary:
         return _placeholder(path, "no τ_gen available: phase diagram undefined")
@@ -564,6 +564,7 @@ def make_report(
     seed: int = 0,
     write_summary: bool = True,
     tau_gen_reference: str = "best",
+    phase_multiples: Sequence[float] = TAU_MULTIPLES,
 ) -> dict[str, Any]:
     """Analyse a sweep directory and write its figures into ``out_dir``.
 
@@ -583,6 +584,10 @@ def make_report(
         alpha_frac: FSW25 stopping fraction for ``stop_steps``.
         n_boot, seed: bootstrap of the power-law fit.
         write_summary: also write ``out_dir/summary.json``.
+        phase_multiples: the phase diagram's times, as multiples of each
+            width's median τ_gen (BUBM25: 1, 3, 8 — where τ_mem/τ_gen ≈ n/300;
+            pick larger multiples when memorisation starts later in units of
+            τ_gen, else every tested n still generalises at those times).
 
     Returns:
         JSON-serialisable summary.  Lists aligned per run (sorted by width,
@@ -599,6 +604,9 @@ def make_report(
         ``phase_boundary``, ``definitions``, ``quality_metric`` and
         ``figures`` (name → path).
     """
+    phase_multiples = [float(k) for k in phase_multiples]
+    if not phase_multiples or not all(math.isfinite(k) and k > 0 for k in phase_multiples):
+        raise DiffmemError(f"phase_multiples must be positive numbers, got {phase_multiples}")
     sweep_dir, out_dir = Path(sweep_dir), Path(out_dir)
     paths = [sweep_dir] if (sweep_dir / "config.json").exists() else rd.list_runs(sweep_dir)
     if not paths:
@@ -620,14 +628,14 @@ def make_report(
     for w in _widths(runs):
         tg = [r.tau_gen.value for r in runs if r.width == w and r.tau_gen is not None]
         if tg:
-            taus[w] = [k * float(np.median(tg)) for k in TAU_MULTIPLES]
+            taus[w] = [k * float(np.median(tg)) for k in phase_multiples]
     rows = [
         {"n": r.n, "width": r.width, "p": r.n_params, "steps": r.f_mem[0], "f_mem": r.f_mem[1]}
         for r in runs if r.f_mem is not None and r.width in taus
     ]
     boundary = phase_boundary(rows, taus)
     for b in boundary:
-        b["multiple"] = TAU_MULTIPLES[taus[b["width"]].index(b["tau"])] if b["tau"] in taus[b["width"]] else None
+        b["multiple"] = phase_multiples[taus[b["width"]].index(b["tau"])] if b["tau"] in taus[b["width"]] else None
 
     figures = {
         "quality": str(plot_quality(runs, out_dir / "quality.png")),
@@ -684,6 +692,7 @@ def make_report(
         "stop_epochs": [_fin(s["epochs"]) if s["epochs"] is not None else None for s in stops],
         "alpha_frac": alpha_frac,
         "phase_boundary": [{k: v for k, v in b.items()} for b in boundary],
+        "phase_multiples": phase_multiples,
         "quality_metric": runs[0].quality_metric,
         "definitions": {
             "tau_gen": runs[0].tau_gen.method if runs[0].tau_gen else None,
