@@ -116,3 +116,31 @@ def test_train_bad_input_exits_2_with_one_line(tmp_path, capsys, case, match):
     assert err.startswith("diffmem: error:") and "\n" not in err
     assert match in err
     assert not run.exists(), "nothing may be written for a rejected run"
+
+
+SWEEP_EVAL = ["threads=1", "eval.n_samples=32", "eval.quality=fd_pixel", "eval.n_boot=50", "eval.n_loss=64",
+              "checkpoints_per_decade=4"]
+
+
+def test_sweep_cli_steps_per_n_widths_and_rerun(tmp_path, capsys):
+    out = tmp_path / "sw"
+    args = ["sweep", "--n", "8,16", "--width", "16,32", "--steps-per-n", "5", "--executor", "serial",
+            "--out", str(out), *SWEEP_EVAL]
+    assert main(args) == 0
+    runs = sorted(p for p in out.iterdir() if p.is_dir() and (p / "config.json").exists())
+    assert len(runs) == 4
+    cfgs = [json.loads((r / "config.json").read_text()) for r in runs]
+    assert sorted((c["model"]["width"], c["n"], c["steps"]) for c in cfgs) == [
+        (16, 8, 40), (16, 16, 80), (32, 8, 40), (32, 16, 80)]
+    summary = json.loads((out / "report" / "summary.json").read_text())
+    assert summary["n"] == [8, 16, 8, 16] and summary["width"] == [16, 16, 32, 32]
+    assert {b["width"] for b in summary["phase_boundary"]} == {16, 32}
+    before = {r.name: (r / "metrics.jsonl").read_bytes() for r in runs}
+    assert main(args) == 0  # a finished sweep re-runs as a no-op
+    assert {r.name: (r / "metrics.jsonl").read_bytes() for r in runs} == before
+    capsys.readouterr()
+    bad = tmp_path / "bad"
+    assert main(["sweep", "--n", "8", "--steps-per-n", "0", "--out", str(bad), *SWEEP_EVAL]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "--steps-per-n must be positive" in err and "\n" not in err
+    assert not bad.exists()

@@ -100,8 +100,13 @@ def cmd_sweep(args) -> int:
     from .sweep import plan_sweep, run_sweep
 
     base = _resolve(args)
+    steps_for = None
+    if args.steps_per_n is not None:
+        if not args.steps_per_n > 0:
+            raise DiffmemError(f"--steps-per-n must be positive, got {args.steps_per_n}")
+        steps_for = lambda n, w: max(1, round(args.steps_per_n * n))  # noqa: E731
     plan = plan_sweep(base, _int_list(args.n), _int_list(args.width) if args.width else None,
-                      _int_list(args.seeds) if args.seeds else None)
+                      _int_list(args.seeds) if args.seeds else None, steps_for=steps_for)
     out = run_sweep(plan, args.out, workers=args.workers, executor=args.executor)
     summary = make_report(out, Path(out) / "report")
     print(json.dumps(summary, indent=2) if args.json else f"sweep done: {out}  (report in {Path(out) / 'report'})")
@@ -170,6 +175,9 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--n", required=True, help="comma-separated training-set sizes")
     q.add_argument("--width", help="comma-separated model widths")
     q.add_argument("--seeds", help="comma-separated seeds")
+    q.add_argument("--steps-per-n", type=float,
+                   help="train each run for this many steps per training sample (steps = K n; the demo uses 480); "
+                        "default: the config's steps for every n")
     q.add_argument("--workers", type=int, default=1, help="runs in parallel (local executor; default 1)")
     q.add_argument("--executor", default="local", help="local, serial or submitit (SLURM)")
     q.add_argument("--out", required=True, help="sweep directory (runs/ inside; re-running resumes)")
