@@ -125,7 +125,7 @@ SWEEP_EVAL = ["threads=1", "eval.n_samples=32", "eval.quality=fd_pixel", "eval.n
 def test_sweep_cli_steps_per_n_widths_and_rerun(tmp_path, capsys):
     out = tmp_path / "sw"
     args = ["sweep", "--n", "8,16", "--width", "16,32", "--steps-per-n", "5", "--executor", "serial",
-            "--out", str(out), *SWEEP_EVAL]
+            "--out", str(out), "--quality-metric", "quality/fd_pixel", "--phase-multiples", "1,2", *SWEEP_EVAL]
     assert main(args) == 0
     runs = sorted(p for p in out.iterdir() if p.is_dir() and (p / "config.json").exists())
     assert len(runs) == 4
@@ -135,6 +135,7 @@ def test_sweep_cli_steps_per_n_widths_and_rerun(tmp_path, capsys):
     summary = json.loads((out / "report" / "summary.json").read_text())
     assert summary["n"] == [8, 16, 8, 16] and summary["width"] == [16, 16, 32, 32]
     assert {b["width"] for b in summary["phase_boundary"]} == {16, 32}
+    assert summary["phase_multiples"] == [1.0, 2.0] and summary["quality_metric"] == "quality/fd_pixel"
     before = {r.name: (r / "metrics.jsonl").read_bytes() for r in runs}
     assert main(args) == 0  # a finished sweep re-runs as a no-op
     assert {r.name: (r / "metrics.jsonl").read_bytes() for r in runs} == before
@@ -143,4 +144,7 @@ def test_sweep_cli_steps_per_n_widths_and_rerun(tmp_path, capsys):
     assert main(["sweep", "--n", "8", "--steps-per-n", "0", "--out", str(bad), *SWEEP_EVAL]) == 2
     err = capsys.readouterr().err.strip()
     assert "--steps-per-n must be positive" in err and "\n" not in err
+    assert not bad.exists()
+    assert main(["sweep", "--n", "8", "--phase-multiples", "1,x", "--out", str(bad), *SWEEP_EVAL]) == 2
+    assert "--phase-multiples" in capsys.readouterr().err
     assert not bad.exists()

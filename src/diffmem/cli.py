@@ -95,10 +95,31 @@ def _floats(text: str, what: str) -> list[float]:
         raise DiffmemError(f"{what}: expected a comma-separated list of numbers, got {text!r}") from None
 
 
+def _add_report_args(q) -> None:
+    """Options of the analysis (shared by ``report`` and ``sweep``)."""
+    q.add_argument("--quality-metric", help="metric for tau_gen, e.g. quality/fd_pixel (default: fid, fd_feat, kid, "
+                   "fd_pixel, the first present)")
+    q.add_argument("--rel-tol", type=float, default=0.1, help="tau_gen tolerance (default 0.1)")
+    q.add_argument("--tau-gen-reference", default="best", choices=["best", "improvement", "common"],
+                   help="tau_gen: within rel-tol of the run's best | (1-rel-tol) of its improvement | "
+                        "the level every run of a width attains")
+    q.add_argument("--tau-mem-method", default="significant", choices=["significant", "level"],
+                   help="tau_mem: first significant f_mem > 0 | f_mem/f_mem(end) crosses 0.5")
+    q.add_argument("--phase-multiples", default="1,3,8",
+                   help="phase-diagram times as multiples of tau_gen (default 1,3,8 as BUBM25; the demo uses 10,30,100)")
+
+
+def _report_kwargs(args) -> dict:
+    return dict(quality_metric=args.quality_metric, rel_tol=args.rel_tol, tau_gen_reference=args.tau_gen_reference,
+                tau_mem_method=args.tau_mem_method,
+                phase_multiples=_floats(args.phase_multiples, "--phase-multiples"))
+
+
 def cmd_sweep(args) -> int:
     from .report import make_report
     from .sweep import plan_sweep, run_sweep
 
+    report_kwargs = _report_kwargs(args)  # validated before any training
     base = _resolve(args)
     steps_for = None
     if args.steps_per_n is not None:
@@ -108,7 +129,7 @@ def cmd_sweep(args) -> int:
     plan = plan_sweep(base, _int_list(args.n), _int_list(args.width) if args.width else None,
                       _int_list(args.seeds) if args.seeds else None, steps_for=steps_for)
     out = run_sweep(plan, args.out, workers=args.workers, executor=args.executor)
-    summary = make_report(out, Path(out) / "report")
+    summary = make_report(out, Path(out) / "report", **report_kwargs)
     print(json.dumps(summary, indent=2) if args.json else f"sweep done: {out}  (report in {Path(out) / 'report'})")
     return 0
 
@@ -116,10 +137,7 @@ def cmd_sweep(args) -> int:
 def cmd_report(args) -> int:
     from .report import make_report
 
-    summary = make_report(args.sweep, args.out or Path(args.sweep) / "report", quality_metric=args.quality_metric,
-                          rel_tol=args.rel_tol, tau_gen_reference=args.tau_gen_reference,
-                          tau_mem_method=args.tau_mem_method, phase_multiples=_floats(args.phase_multiples,
-                                                                                   "--phase-multiples"))
+    summary = make_report(args.sweep, args.out or Path(args.sweep) / "report", **_report_kwargs(args))
     print(json.dumps(summary, indent=2))
     return 0
 
@@ -182,21 +200,13 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--executor", default="local", help="local, serial or submitit (SLURM)")
     q.add_argument("--out", required=True, help="sweep directory (runs/ inside; re-running resumes)")
     q.add_argument("--json", action="store_true", help="print the report summary as JSON")
+    _add_report_args(q)
     q.set_defaults(func=cmd_sweep)
 
     q = sub.add_parser("report", help="timescales, power-law fit and figures of a sweep directory")
     q.add_argument("--sweep", required=True, help="sweep directory")
     q.add_argument("--out", help="output folder (default SWEEP/report)")
-    q.add_argument("--quality-metric", help="metric for tau_gen, e.g. quality/fd_pixel (default: fid, fd_feat, kid, "
-                   "fd_pixel, the first present)")
-    q.add_argument("--rel-tol", type=float, default=0.1, help="tau_gen tolerance (default 0.1)")
-    q.add_argument("--tau-gen-reference", default="best", choices=["best", "improvement", "common"],
-                   help="tau_gen: within rel-tol of the run's best | (1-rel-tol) of its improvement | "
-                        "the level every run of a width attains")
-    q.add_argument("--tau-mem-method", default="significant", choices=["significant", "level"],
-                   help="tau_mem: first significant f_mem > 0 | f_mem/f_mem(end) crosses 0.5")
-    q.add_argument("--phase-multiples", default="1,3,8",
-                   help="phase-diagram times as multiples of tau_gen (default 1,3,8 as BUBM25; the demo uses 10,30,100)")
+    _add_report_args(q)
     q.set_defaults(func=cmd_report)
 
     from .audit import add_audit_parser
