@@ -198,7 +198,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "default: the config's steps for every n")
     q.add_argument("--workers", type=int, default=1, help="runs in parallel (local executor; default 1)")
     q.add_argument("--executor", default="local", help="local, serial or submitit (SLURM)")
-    q.add_argument("--out", required=True, help="sweep directory (runs/ inside; re-running resumes)")
+    q.add_argument("--out", required=True, help="sweep directory: a run directory per (width, n, seed), sweep.json and report/ (re-running resumes)")
     q.add_argument("--json", action="store_true", help="print the report summary as JSON")
     _add_report_args(q)
     q.set_defaults(func=cmd_sweep)
