@@ -88,13 +88,6 @@ def _int_list(text: str) -> list[int]:
         raise DiffmemError(f"expected a comma-separated list of integers, got {text!r}") from None
 
 
-def _floats(text: str, what: str) -> list[float]:
-    try:
-        return [float(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise DiffmemError(f"{what}: expected a comma-separated list of numbers, got {text!r}") from None
-
-
 def _add_report_args(q) -> None:
     """Options of the analysis (shared by ``report`` and ``sweep``)."""
     q.add_argument("--quality-metric", help="metric for tau_gen, e.g. quality/fd_pixel (default: fid, fd_feat, kid, "
@@ -110,6 +103,8 @@ def _add_report_args(q) -> None:
 
 
 def _report_kwargs(args) -> dict:
+    from .theory.cli import _floats
+
     return dict(quality_metric=args.quality_metric, rel_tol=args.rel_tol, tau_gen_reference=args.tau_gen_reference,
                 tau_mem_method=args.tau_mem_method,
                 phase_multiples=_floats(args.phase_multiples, "--phase-multiples"))
