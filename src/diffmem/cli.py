@@ -30,10 +30,10 @@ def _resolve(args):
 
 
 def cmd_presets(args) -> int:
-    from .config import PRESETS, RunConfig, _merge
+    from .config import PRESETS, preset_dict
 
-    for name, d in PRESETS.items():
-        print(f"{name}: {json.dumps(_merge(RunConfig().to_dict(), d) if args.full else d)}")
+    for name in PRESETS:
+        print(f"{name}: {json.dumps(preset_dict(name, args.full))}")
     return 0
 
 
@@ -42,18 +42,18 @@ def cmd_train(args) -> int:
 
     cfg = _resolve(args)
     out = train(cfg, args.out, resume=not args.no_resume, progress=not args.no_progress)
-    print(out)
+    print(out.path)
     return 0
 
 
 def cmd_sample(args) -> int:
     import numpy as np
 
+    from .rundir import Run
     from .samplers import generate
-    from .train import load_denoiser
 
-    den, cfg = load_denoiser(args.run, args.step, device=args.device)
-    shape = tuple(json.loads((Path(args.run) / "config.json").read_text())["data_shape"])
+    den, cfg = Run(args.run).load_denoiser(args.step, device=args.device)
+    shape = Run(args.run).data_shape()
     if args.n_samples < 1:
         raise DiffmemError(f"--n-samples must be positive, got {args.n_samples}")
     seeds = list(range(args.seed, args.seed + args.n_samples))

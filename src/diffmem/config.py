@@ -3,15 +3,29 @@
 A :class:`RunConfig` is built from a named preset, then a TOML file, then
 command-line overrides ``key.sub=value`` (only the keys given change).  The
 resolved configuration is written to ``RUN/config.json``.
+
+Every field declares its type and its allowed range next to its default
+(``_opt(...)``); one function checks a value of any origin (preset, TOML,
+command line, a config.json read back) against that declaration, so a bad
+value always ends in one line naming the key::
+
+    diffmem: error: config key 'eval.sampler_steps' must be ≥ 1, got 0
+
+Why not pydantic or OmegaConf: the whole schema is ~40 scalar keys; the
+declarations below are as short as a pydantic model, the messages are one
+line by construction (pydantic's are multi-line and would need reformatting),
+and there is no extra dependency.  Options that the chosen model or optimiser
+does not use are errors (:meth:`RunConfig.validate`): for that the resolver
+records which keys the user actually set.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
+import math
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from .errors import DiffmemError
 
@@ -20,56 +34,107 @@ try:  # Python >= 3.11
 except ModuleNotFoundError:  # pragma: no cover
     import tomli as tomllib  # type: ignore
 
-__all__ = ["ModelConfig", "OptimConfig", "EvalConfig", "RunConfig", "PRESETS", "resolve_config"]
+__all__ = ["ModelConfig", "OptimConfig", "EvalConfig", "RunConfig", "PRESETS", "resolve_config",
+           "apply_overrides", "preset_dict", "EXECUTION_KEYS"]
+
+# Keys that may change when a run is resumed (results are bit-identical only on the same device/threads).
+EXECUTION_KEYS = ("threads", "device")
+
+
+# ---------------------------------------------------------------------------
+# declarations
+
+
+def _ge(lo):
+    return lambda v: None if v >= lo else f"must be ≥ {lo:g}"
+
+
+def _gt(lo):
+    return lambda v: None if v > lo else f"must be > {lo:g}"
+
+
+def _in(lo, hi, hi_open=True):
+    def check(v):
+        ok = lo <= v < hi if hi_open else lo <= v <= hi
+        return None if ok else f"must be in [{lo:g}, {hi:g}{')' if hi_open else ']'}"
+    return check
+
+
+def _each(check):
+    def c(vs):
+        for v in vs:
+            msg = check(v)
+            if msg:
+                return f"entries {msg} (got {v!r})"
+        return None
+    return c
+
+
+def _opt(default=None, type_: Any = str, check: Callable | None = None, factory=None, optional: bool = False):
+    md = {"type": type_, "check": check, "optional": optional}
+    if factory is not None:
+        return field(default_factory=factory, metadata=md)
+    return field(default=default, metadata=md)
+
+
+def _device_check(v: str):
+    import re
+
+    if not re.fullmatch(r"cpu|cuda(:\d+)?|mps", v):
+        return "must be cpu, cuda, cuda:N or mps"
+    return None
 
 
 @dataclass
 class ModelConfig:
-    name: str = "mlp"  # a key of diffmem.models registry: mlp, gmm, unet, bubm25
-    width: int = 256
-    blocks: int = 3  # MLP residual blocks
-    dropout: float = 0.0
-    parametrisation: str = "eps_ddpm"  # eps_ddpm (BUBM25: ε-prediction on DDPM indices) or edm
+    # a key of the model registry (diffmem.models.MODELS): mlp, gmm, unet, bubm25 (networks);
+    # empirical, gaussian, exact (closed forms: no training)
+    name: str = _opt("mlp", str)
+    width: int | None = _opt(None, int, _ge(1), optional=True)  # None: the model's own default
+    blocks: int | None = _opt(None, int, _ge(0), optional=True)
+    dropout: float | None = _opt(None, float, _in(0.0, 1.0), optional=True)
+    parametrisation: str | None = _opt(None, str, optional=True)  # eps_ddpm (default) or edm
+    sigma_data: float | None = _opt(None, float, _gt(0), optional=True)  # edm only (default 0.5)
 
 
 @dataclass
 class OptimConfig:
-    name: str = "sgd"  # sgd (with momentum) or adam
-    lr: float = 0.01
-    momentum: float = 0.95
-    beta1: float = 0.9
-    beta2: float = 0.999
-    weight_decay: float = 0.0
+    name: str = _opt("sgd", str, lambda v: None if v in ("sgd", "adam") else "must be sgd or adam")
+    lr: float = _opt(0.01, float, _gt(0))
+    momentum: float = _opt(0.95, float, _in(0.0, 1.0))  # sgd only
+    beta1: float = _opt(0.9, float, _in(0.0, 1.0))  # adam only
+    beta2: float = _opt(0.999, float, _in(0.0, 1.0))  # adam only
+    weight_decay: float = _opt(0.0, float, _ge(0))
 
 
 @dataclass
 class EvalConfig:
-    n_samples: int = 256  # generated samples per checkpoint (same seeds every checkpoint)
-    sample_seed: int = 1_000_000
-    sampler: str = "ddim"  # ddim (η=0, deterministic), ddpm, em, heun
-    sampler_steps: int = 50
-    threshold: float = 1 / 3  # f_mem ratio test d1/d2 < threshold
-    n_boot: int = 1000
-    quality: list = field(default_factory=lambda: ["fd_pixel", "fd_feat", "kid"])
-    loss_t: list = field(default_factory=lambda: [0.01, 0.1])  # OU times of the train/test loss probes
-    loss_draws: int = 5  # fixed noise draws per image, reused at every checkpoint
-    n_loss: int = 2048  # at most this many train / test images in the loss probe
-    batch_size: int = 1024
-    save_samples: bool = True
-    feature_net: str = ""  # path of a cached quality feature net ("" = train one in the run dir)
+    n_samples: int = _opt(256, int, _ge(1))  # generated samples per checkpoint (same seeds every checkpoint)
+    sample_seed: int = _opt(1_000_000, int, _ge(0))
+    sampler: str = _opt("ddim", str)  # ddim (η=0, deterministic), ddpm, em, heun (checked against the registry)
+    sampler_steps: int = _opt(50, int, _ge(1))
+    threshold: float = _opt(1 / 3, float, _in(0.0, 1.0, hi_open=False))  # f_mem ratio test d1/d2 < threshold
+    n_boot: int = _opt(1000, int, _ge(0))
+    quality: list = _opt(type_=[str], factory=lambda: ["fd_pixel", "fd_feat", "kid"])
+    loss_t: list = _opt(type_=[float], check=_each(_gt(0)), factory=lambda: [0.01, 0.1])  # OU times of the loss probes
+    loss_draws: int = _opt(5, int, _ge(1))  # fixed noise draws per image, reused at every checkpoint
+    n_loss: int = _opt(2048, int, _ge(1))  # at most this many train / test images in the loss probe
+    batch_size: int = _opt(1024, int, _ge(1))
+    save_samples: bool = _opt(True, bool)
+    feature_net: str = _opt("", str)  # path of a cached quality feature net ("" = train one in the run dir)
 
 
 @dataclass
 class RunConfig:
-    data: str = "digits"  # digits | gmm[:d=8] | image folder path | .npy/.npz path
-    n: int = 64  # training-set size (a nested prefix of one seeded permutation)
-    subset_seed: int = 0
-    seed: int = 0  # initialisation, batches, noise draws (per-step reseeding)
-    steps: int = 20000
-    batch_max: int = 512  # batch = min(n, batch_max): full batch when n <= batch_max
-    checkpoints_per_decade: int = 12
-    device: str = "cpu"
-    threads: int = 0  # torch CPU threads (0 = leave torch's default)
+    data: str = _opt("digits", str)  # digits | gmm[:d=8] | image folder path | .npy/.npz path
+    n: int = _opt(64, int, lambda v: None if v >= 2 else "must be ≥ 2 (need at least 2 training points)")
+    subset_seed: int = _opt(0, int, _ge(0))
+    seed: int = _opt(0, int, _ge(0))  # initialisation, batches, noise draws (per-step reseeding)
+    steps: int = _opt(20000, int, lambda v: None if v > 0 else "must be positive (number of steps)")
+    batch_max: int = _opt(512, int, _ge(1))  # batch = min(n, batch_max): full batch when n <= batch_max
+    checkpoints_per_decade: int = _opt(12, int, _ge(1))
+    device: str = _opt("cpu", str, _device_check)
+    threads: int = _opt(0, int, _ge(0))  # torch CPU threads (0 = leave torch's default)
     model: ModelConfig = field(default_factory=ModelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
@@ -79,89 +144,143 @@ class RunConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "RunConfig":
+        """Build and type-check (every value converted or refused with a one-line error)."""
         return _from_dict(cls, d, "")
 
-    def validate(self) -> "RunConfig":
-        if self.steps <= 0:
-            raise DiffmemError(f"number of steps must be positive, got {self.steps}")
-        if self.n < 2:
-            raise DiffmemError(f"need at least 2 training points, got n={self.n}")
-        if self.batch_max < 1:
-            raise DiffmemError(f"batch_max must be positive, got {self.batch_max}")
-        if self.optim.name not in ("sgd", "adam"):
-            raise DiffmemError(f"unknown optimiser {self.optim.name!r}; choose sgd or adam")
-        if self.optim.lr <= 0:
-            raise DiffmemError(f"learning rate must be positive, got {self.optim.lr}")
-        if self.model.parametrisation not in ("eps_ddpm", "edm"):
-            raise DiffmemError(f"unknown parametrisation {self.model.parametrisation!r}; choose eps_ddpm or edm")
-        if not 0 < self.eval.threshold <= 1:
-            raise DiffmemError(f"f_mem threshold must be in (0, 1], got {self.eval.threshold}")
-        if self.eval.n_samples < 1:
-            raise DiffmemError(f"eval.n_samples must be positive, got {self.eval.n_samples}")
+    def validate(self, given: set[str] | None = None) -> "RunConfig":
+        """Check ranges and combinations.  ``given``: the dotted keys the user set (preset, TOML,
+        overrides); an option that the chosen model or optimiser does not use is an error only
+        when it was given, never for a default."""
+        _check_ranges(self, "")
+        given = set(given or ())
+        if self.device != "cpu":
+            _check_device(self.device)
+        from .samplers import SAMPLERS
+
+        if self.eval.sampler not in SAMPLERS:
+            raise DiffmemError(f"config key 'eval.sampler' must be one of {', '.join(SAMPLERS)}, "
+                               f"got {self.eval.sampler!r}")
+        from .quality import check_metric_names
+
+        check_metric_names(self.eval.quality)
+        unused = {"sgd": ("optim.beta1", "optim.beta2"), "adam": ("optim.momentum",)}[self.optim.name]
+        bad = sorted(k for k in unused if k in given)
+        if bad:
+            raise DiffmemError(f"optimiser {self.optim.name!r} does not use {', '.join(bad)}; remove it")
+        from .models import check_model_config
+
+        check_model_config(self, given)
         return self
+
+
+def _check_device(dev: str) -> None:
+    import torch
+
+    if dev.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise DiffmemError(f"device {dev!r} requested but CUDA is not available on this machine; use device=cpu")
+        idx = int(dev.split(":")[1]) if ":" in dev else 0
+        if idx >= torch.cuda.device_count():
+            raise DiffmemError(f"device {dev!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    elif dev == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise DiffmemError("device 'mps' requested but MPS is not available on this machine; use device=cpu")
+
+
+def _typed(value: Any, f: dataclasses.Field, key: str) -> Any:
+    """Convert ``value`` (native, or text from the command line) to the declared type of ``f``."""
+    t, optional = f.metadata.get("type", str), f.metadata.get("optional", False)
+    if value is None or (optional and isinstance(value, str) and value.lower() in ("none", "null")):
+        if optional:
+            return None
+        raise DiffmemError(f"config key {key!r} must not be empty")
+    if isinstance(t, list):
+        items = value.split(",") if isinstance(value, str) else value
+        if not isinstance(items, (list, tuple)):
+            items = [items]
+        sub = dataclasses.field(metadata={"type": t[0]})
+        return [_typed(v.strip() if isinstance(v, str) else v, sub, key) for v in items
+                if not (isinstance(v, str) and not v.strip())]
+    want = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}[t]
+    bad = DiffmemError(f"config key {key!r} must be {want}, got {value!r}")
+    if t is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("1", "true", "yes", "on", "0", "false", "no", "off"):
+            return value.lower() in ("1", "true", "yes", "on")
+        raise bad
+    if t is str:
+        if not isinstance(value, str):
+            raise bad
+        return value
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise bad
+    try:
+        x = float(value) if isinstance(value, str) else value
+    except ValueError:
+        raise bad from None
+    if isinstance(x, float) and not math.isfinite(x):
+        raise DiffmemError(f"config key {key!r} must be finite, got {value!r}")
+    if t is int:
+        if isinstance(x, float):
+            if not x.is_integer():
+                raise bad
+            x = int(x)
+        return int(x)
+    return float(x)
 
 
 def _from_dict(cls, d: dict, prefix: str):
     if not isinstance(d, dict):
-        raise DiffmemError(f"config section {prefix or 'root'!r} must be a table")
+        raise DiffmemError(f"config section {prefix.rstrip('.') or 'root'!r} must be a table")
     known = {f.name: f for f in fields(cls)}
     kw = {}
     for k, v in d.items():
         if k not in known:
             raise DiffmemError(f"unknown config key {prefix + k!r}; known: {', '.join(known)}")
-        default = known[k].default_factory() if known[k].default_factory is not dataclasses.MISSING else known[k].default
-        if dataclasses.is_dataclass(default):
-            kw[k] = _from_dict(type(default), v, prefix + k + ".")
+        f = known[k]
+        if f.default_factory is not dataclasses.MISSING and dataclasses.is_dataclass(f.default_factory()):
+            kw[k] = _from_dict(type(f.default_factory()), v, prefix + k + ".")
         else:
-            kw[k] = v
+            kw[k] = _typed(v, f, prefix + k)
     return cls(**kw)
 
 
-def _coerce(text: str, current: Any, key: str) -> Any:
-    try:
-        if isinstance(current, bool):
-            if text.lower() in ("1", "true", "yes", "on"):
-                return True
-            if text.lower() in ("0", "false", "no", "off"):
-                return False
-            raise ValueError
-        if isinstance(current, int):
-            return int(float(text)) if float(text).is_integer() else int(text)
-        if isinstance(current, float):
-            return float(text)
-        if isinstance(current, list):
-            return [type(current[0])(x) if current else _auto(x) for x in text.split(",") if x != ""]
-    except ValueError:
-        raise DiffmemError(f"bad value {text!r} for config key {key!r} (expected {type(current).__name__})") from None
-    return text
+def _check_ranges(obj, prefix: str) -> None:
+    for f in fields(obj):
+        v = getattr(obj, f.name)
+        if dataclasses.is_dataclass(v):
+            _check_ranges(v, prefix + f.name + ".")
+            continue
+        check = f.metadata.get("check")
+        if check is not None and v is not None:
+            msg = check(v)
+            if msg:
+                raise DiffmemError(f"config key {prefix + f.name!r} {msg}, got {_show(v)}")
 
 
-def _auto(x: str):
-    for t in (int, float):
-        try:
-            return t(x)
-        except ValueError:
-            pass
-    return x
+def _show(v) -> str:
+    return repr([float(x) if isinstance(x, float) else x for x in v]) if isinstance(v, list) else repr(v)
 
 
 def apply_overrides(d: dict, overrides: list[str]) -> dict:
-    """Apply ``key.sub=value`` strings to a config dict (values coerced to the current type)."""
-    base = RunConfig().to_dict()
+    """Apply ``key.sub=value`` strings to a config dict (values stay text until :func:`_typed`)."""
     for ov in overrides:
         if "=" not in ov:
             raise DiffmemError(f"override {ov!r} is not of the form key=value")
         key, text = ov.split("=", 1)
         parts = key.strip().split(".")
-        node, ref = d, base
+        node, cls = d, RunConfig
         for p in parts[:-1]:
-            if p not in ref or not isinstance(ref[p], dict):
-                raise DiffmemError(f"unknown config key {key!r}")
+            sub = {f.name: f for f in fields(cls)}.get(p)
+            if sub is None or not dataclasses.is_dataclass(sub.default_factory() if callable(sub.default_factory)
+                                                           else None):
+                raise DiffmemError(f"unknown config key {key.strip()!r}")
             node = node.setdefault(p, {})
-            ref = ref[p]
-        if parts[-1] not in ref:
-            raise DiffmemError(f"unknown config key {key!r}")
-        node[parts[-1]] = _coerce(text, ref[parts[-1]], key)
+            cls = type(sub.default_factory())
+        if parts[-1] not in {f.name for f in fields(cls)} or dataclasses.is_dataclass(
+                getattr(cls(), parts[-1], None)):
+            raise DiffmemError(f"unknown config key {key.strip()!r}")
+        node[parts[-1]] = text
     return d
 
 
@@ -169,6 +288,13 @@ def _merge(a: dict, b: dict) -> dict:
     out = dict(a)
     for k, v in b.items():
         out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def _keys(d: dict, prefix: str = "") -> set[str]:
+    out = set()
+    for k, v in d.items():
+        out |= _keys(v, prefix + k + ".") if isinstance(v, dict) else {prefix + k}
     return out
 
 
@@ -194,8 +320,10 @@ PRESETS: dict[str, dict] = {
         "eval": {"sampler": "em", "sampler_steps": 1000, "quality": ["fd_pixel"]},
     },
     # BUBM25 CelebA U-Net (SPEC §1): 32×32 grayscale, W = 32, SGD lr 0.01 momentum 0.95,
-    # batch min(n, 512), DDIM 100 steps. Point data= at a local CelebA folder or array.
+    # batch min(n, 512), DDIM 100 steps.  It has no data of its own: data= must point at a local
+    # CelebA folder or array (e.g. data=/data/celeba?size=32&gray=1).
     "celeba-bubm25": {
+        "data": None,
         "model": {"name": "bubm25", "width": 32, "dropout": 0.1},
         "optim": {"name": "sgd", "lr": 0.01, "momentum": 0.95},
         "batch_max": 512,
@@ -205,31 +333,39 @@ PRESETS: dict[str, dict] = {
 }
 
 
+def preset_dict(name: str, full: bool = False) -> dict:
+    if name not in PRESETS:
+        raise DiffmemError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
+    return _merge(RunConfig().to_dict(), PRESETS[name]) if full else PRESETS[name]
+
+
 def resolve_config(preset: str | None = None, toml_path: str | Path | None = None,
                    overrides: list[str] | None = None) -> RunConfig:
-    """Preset, then TOML file, then ``key=value`` overrides -> validated :class:`RunConfig`."""
-    d: dict = {}
+    """Preset, then TOML file, then ``key=value`` overrides -> validated :class:`RunConfig`.
+
+    When the TOML file or the overrides choose another ``model.name`` than the
+    preset's, the preset's model options (width, blocks, ...) are dropped: they
+    belong to the preset's model.
+    """
+    base: dict = {}
     if preset is not None:
-        if preset not in PRESETS:
-            raise DiffmemError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
-        d = _merge(d, PRESETS[preset])
+        base = dict(preset_dict(preset))
+    user: dict = {}
     if toml_path is not None:
         p = Path(toml_path)
         if not p.is_file():
             raise DiffmemError(f"config file not found: {p}")
         try:
-            d = _merge(d, tomllib.loads(p.read_text()))
-        except tomllib.TOMLDecodeError as e:
-            raise DiffmemError(f"cannot parse TOML config {p}: {e}") from None
-    d = apply_overrides(d, list(overrides or []))
-    return RunConfig.from_dict(d).validate()
-
-
-def load_run_config(run_dir: str | Path) -> RunConfig:
-    p = Path(run_dir) / "config.json"
-    if not p.is_file():
-        raise DiffmemError(f"{run_dir} is not a run directory (no config.json)")
-    d = json.loads(p.read_text())
-    d.pop("resolved", None)
-    d = {k: v for k, v in d.items() if k in {f.name for f in fields(RunConfig)}}
-    return RunConfig.from_dict(d)
+            user = tomllib.loads(p.read_text())
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+            raise DiffmemError(f"cannot parse TOML config {p}: {str(e).splitlines()[0]}") from None
+    user = apply_overrides(user, list(overrides or []))
+    user_model = user.get("model", {}).get("name") if isinstance(user.get("model"), dict) else None
+    if user_model is not None and "model" in base and base["model"].get("name") != user_model:
+        base = {k: v for k, v in base.items() if k != "model"}
+    d = _merge(base, user)
+    if d.get("data", "") is None:
+        raise DiffmemError(f"preset {preset!r} has no data of its own: give data=PATH (a local image folder "
+                           "or .npy/.npz array)")
+    cfg = RunConfig.from_dict(d)
+    return cfg.validate(given=_keys(d))

@@ -45,7 +45,7 @@ from pathlib import Path
 from .config import resolve_config
 from .report import make_report
 from .sweep import plan_sweep, run_sweep
-from .train import atomic_write_text
+from .fileio import atomic_write_text
 
 __all__ = ["run_demo", "DEMO_NS", "STEPS_PER_N"]
 

@@ -6,10 +6,11 @@ A *denoiser* is any callable ``D(x, sigma) -> y_hat`` with
 * ``sigma``: ``[B]`` the noise level of each row,
 * returns ``[B, *shape]``, an estimate of the posterior mean ``E[y | x]``.
 
-Neural networks (ε-prediction trained on DDPM indices, EDM-preconditioned),
-the closed-form empirical denoiser, Gaussian / mixture exact denoisers and
-random-features models all satisfy it, so every sampler and metric works on
-all of them.  Score, noise prediction and velocity are derived views below.
+Neural networks (ε-prediction trained on DDPM indices, EDM-preconditioned:
+the wrappers below, chosen through :mod:`diffmem.parametrisation`), the
+closed forms of :mod:`diffmem.closed_form` (empirical, Gaussian, exact
+mixture) all satisfy it, so every sampler and metric works on all of them.
+Score and noise prediction are derived views below.
 """
 
 from __future__ import annotations
@@ -27,8 +28,6 @@ __all__ = [
     "eps_pred",
     "EpsDenoiser",
     "EDMDenoiser",
-    "EmpiricalDenoiser",
-    "GaussianDenoiser",
     "noise_label",
 ]
 
@@ -108,63 +107,6 @@ class EDMDenoiser(nn.Module):
         c_in = 1 / torch.sqrt(s**2 + sd2)
         c_noise = torch.log(sigma.to(x.dtype)) / 4
         return c_skip * x + c_out * self.backbone(c_in * x, c_noise)
-
-
-class EmpiricalDenoiser:
-    """Exact denoiser of the empirical distribution of ``train`` (BDKOS25, KK26).
-
-    ``D(x, σ) = Σ_n w_n y_n``, ``w = softmax_n(−‖x − y_n‖²/(2σ²))``.  It
-    memorises by construction.  Computed in blocks of the training set with a
-    running log-sum-exp and matmul distances (never a ``[B, n, d]`` tensor).
-
-    ``train``: ``[n, *shape]``.  ``block``: training points per block.
-    """
-
-    def __init__(self, train: Tensor, block: int = 4096):
-        self.train = train.reshape(train.shape[0], -1)
-        self.shape = tuple(train.shape[1:])
-        self.sq = (self.train**2).sum(1)
-        self.block = block
-
-    def log_weights_and_mean(self, x: Tensor, sigma: Tensor) -> tuple[Tensor, Tensor]:
-        """Return ``(log Σ_n K_n, Σ_n K_n y_n / Σ_n K_n)`` with ``K_n = exp(−‖x−y_n‖²/2σ²)``."""
-        xf = x.reshape(x.shape[0], -1).to(self.train.dtype)
-        inv = 1.0 / (2 * sigma.to(xf.dtype).reshape(-1, 1) ** 2)
-        xsq = (xf**2).sum(1, keepdim=True)
-        m = torch.full((xf.shape[0], 1), -torch.inf, dtype=xf.dtype, device=xf.device)
-        acc = torch.zeros_like(xf)
-        z = torch.zeros_like(m)
-        for i in range(0, self.train.shape[0], self.block):
-            y = self.train[i : i + self.block]
-            d2 = (xsq - 2 * xf @ y.T + self.sq[i : i + self.block]).clamp_min(0)
-            logits = -d2 * inv
-            m_new = torch.maximum(m, logits.max(1, keepdim=True).values)
-            scale = torch.exp(m - m_new)
-            p = torch.exp(logits - m_new)
-            acc = acc * scale + p @ y
-            z = z * scale + p.sum(1, keepdim=True)
-            m = m_new
-        return (m + torch.log(z)).squeeze(1), acc / z
-
-    def __call__(self, x: Tensor, sigma: Tensor) -> Tensor:
-        _, mean = self.log_weights_and_mean(x, sigma)
-        return mean.reshape(x.shape).to(x.dtype)
-
-
-class GaussianDenoiser:
-    """Exact denoiser of ``N(mean, cov)``: ``D = μ + Σ (Σ + σ² I)^{-1} (x − μ)``.
-
-    ``mean``: ``[d]``, ``cov``: ``[d, d]``; ``x`` is ``[B, d]``.
-    """
-
-    def __init__(self, mean: Tensor, cov: Tensor):
-        self.mean = mean
-        self.evals, self.evecs = torch.linalg.eigh(cov)
-
-    def __call__(self, x: Tensor, sigma: Tensor) -> Tensor:
-        c = (x - self.mean) @ self.evecs
-        g = self.evals / (self.evals + sigma.to(x.dtype).reshape(-1, 1) ** 2)
-        return self.mean + (c * g) @ self.evecs.T
 
 
 DenoiserFn = Callable[[Tensor, Tensor], Tensor]

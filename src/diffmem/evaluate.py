@@ -17,22 +17,25 @@ metric records of one checkpoint (long format ``{"step", "metric", "value",
   every checkpoint (BUBM25 Fig. 2 middle; the losses separate ∝ n).
 * ``score_error`` at each ``loss_t`` when the data distribution is known
   (Gaussian mixture): ``E‖s_θ − s*‖²`` on fresh-but-fixed points of P_σ.
+
+The evaluator knows nothing about training: :class:`diffmem.callbacks.Evaluation`
+calls it at each checkpoint of a run, :func:`evaluate_run` on saved checkpoints.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import torch
 
-from .config import RunConfig
+from .errors import DiffmemError
 from .losses import dsm_loss
 from .metrics.memorization import memorization_fraction
+from .rundir import Run
 from .samplers import generate
 from .schedules import ou_t_to_sigma
 
-__all__ = ["Evaluator", "probe_losses"]
+__all__ = ["Evaluator", "probe_losses", "evaluate_run"]
 
 
 @torch.no_grad()
@@ -50,9 +53,20 @@ def probe_losses(den, y: torch.Tensor, noise: torch.Tensor, sigma: float, batch_
 
 
 class Evaluator:
-    def __init__(self, cfg: RunConfig, ds, train_set: torch.Tensor, run_dir: Path, device):
-        self.cfg, self.ds, self.train_set, self.run_dir, self.device = cfg, ds, train_set, Path(run_dir), device
+    """The measurements of one run at a checkpoint (see the module docstring).
+
+    Build it with :meth:`check` first (it raises on anything that would fail
+    later, before a run directory is written), then construct it.
+    """
+
+    def __init__(self, cfg, ds, train_set: torch.Tensor, run: Run | None, device, save_samples: bool | None = None):
+        self.check(cfg, ds)
+        self.cfg, self.ds, self.train_set, self.device = cfg, ds, train_set, device
+        self.run = run
         e = cfg.eval
+        self.save_samples = e.save_samples if save_samples is None else save_samples
+        if self.save_samples and run is None:
+            raise ValueError("saving samples needs a run directory")
         self.seeds = list(range(e.sample_seed, e.sample_seed + e.n_samples))
         g = torch.Generator().manual_seed(e.sample_seed + 7)
         self.probe = {}
@@ -64,7 +78,7 @@ class Evaluator:
         if e.quality:
             from .quality import QualityReference
 
-            self.quality = QualityReference.for_run(cfg, ds, run_dir)
+            self.quality = QualityReference.for_run(cfg, ds, run.feature_net_path if run is not None else None)
         self.exact = getattr(ds, "exact", None)
         if self.exact is not None:
             g2 = torch.Generator().manual_seed(e.sample_seed + 11)
@@ -74,6 +88,16 @@ class Evaluator:
                 y = self.exact.sample(2048, generator=g2)
                 self.score_points[t] = (y + sig * torch.randn(y.shape, generator=g2)).to(device)
 
+    @staticmethod
+    def check(cfg, ds) -> None:
+        """Raise :class:`DiffmemError` for settings that cannot be evaluated on ``ds`` (writes nothing)."""
+        if cfg.eval.quality:
+            from .quality import QualityReference
+
+            QualityReference.check(cfg, ds)
+        if len(ds.test) < 1:
+            raise DiffmemError(f"data {ds.name!r} has no held-out points for the test-loss probe")
+
     def __call__(self, den, step: int) -> list[dict]:
         e = self.cfg.eval
         recs: list[dict] = []
@@ -82,15 +106,10 @@ class Evaluator:
             recs.append({"step": int(step), "metric": metric, "value": float(value),
                          "error": None if error is None else float(error), **extra})
 
-        params = {} if e.sampler == "ddpm" else {"steps": e.sampler_steps}
-        samples = generate(den, self.ds.shape, self.seeds, sampler=e.sampler, batch_size=e.batch_size,
-                           device=self.device, **params)
-        if e.save_samples:
-            d = self.run_dir / "samples"
-            d.mkdir(exist_ok=True)
-            tmp = d / f"step_{step:08d}.tmp.npy"
-            np.save(tmp, samples.numpy().astype(np.float32))
-            tmp.replace(d / f"step_{step:08d}.npy")
+        samples = generate(den, self.ds.shape, self.seeds, sampler=e.sampler, steps=e.sampler_steps,
+                           batch_size=e.batch_size, device=self.device)
+        if self.save_samples:
+            self.run.save_samples(step, samples.numpy())
         finite = torch.isfinite(samples.reshape(len(samples), -1)).all(1)
         rec("samples/finite_fraction", finite.float().mean())
         s_ok = samples[finite]
@@ -117,37 +136,53 @@ class Evaluator:
 
 
 def evaluate_run(run_dir, steps: list[int] | None = None, overrides: list[str] | None = None,
-                 out=None, device: str = "cpu") -> list[dict]:
+                 out=None, device: str = "cpu", on_records=None) -> list[dict]:
     """Re-evaluate saved checkpoints of a run (optionally with other ``eval.*`` settings).
 
-    Records are appended to ``out`` (default ``RUN/evaluations.jsonl``), never
-    to the training metrics.
+    Records are appended to ``out`` (default ``RUN/evaluations.jsonl``; never
+    the training metrics) after *each* checkpoint, so one bad checkpoint loses
+    nothing evaluated before it.  Every input is checked (overrides, steps,
+    the output folder, every checkpoint file's presence) before the first
+    evaluation.  ``on_records(step, records)`` is called after each checkpoint.
     """
     import json
+    from dataclasses import replace
 
-    from .config import apply_overrides, load_run_config
+    from .config import RunConfig, apply_overrides
     from .data import load_dataset
-    from .errors import DiffmemError
-    from .train import load_denoiser
 
-    run_dir = Path(run_dir)
-    cfg = load_run_config(run_dir)
+    run = Run(run_dir)
+    cfg = run.load_config()
     for ov in overrides or []:
         if not ov.startswith("eval."):
             raise DiffmemError(f"evaluate only takes eval.* overrides, got {ov!r}")
-    cfg = type(cfg).from_dict(apply_overrides(cfg.to_dict(), list(overrides or [])))
+    d = apply_overrides(cfg.to_dict(), list(overrides or []))
+    cfg = RunConfig.from_dict(d)
+    cfg.eval = replace(cfg.eval, save_samples=False)
+    cfg.validate()
+    available = run.evaluation_steps()
     if steps is None:
-        steps = sorted(int(p.stem.split("_")[1]) for p in (run_dir / "checkpoints").glob("step_*.safetensors"))
+        steps = available
+    missing = [s for s in steps if s not in available]
+    if missing:
+        raise DiffmemError(f"run {run.path} has no checkpoint at step {missing[0]}"
+                           + (f" (it has {len(available)}, from {available[0]} to {available[-1]})" if available
+                              else " (it has none)"))
+    path = Path(out) if out else run.path / "evaluations.jsonl"
+    if path.is_dir():
+        raise DiffmemError(f"--out {path} is a directory; give a file name")
+    if not path.parent.is_dir():
+        raise DiffmemError(f"--out {path}: folder {path.parent} does not exist")
     ds = load_dataset(cfg.data)
     train_set = ds.subset(cfg.n, cfg.subset_seed)
-    cfg.eval.save_samples = False
-    ev = Evaluator(cfg, ds, train_set, run_dir, device)
+    ev = Evaluator(cfg, ds, train_set, run, device, save_samples=False)
     recs: list[dict] = []
     for st in steps:
-        den, _ = load_denoiser(run_dir, st, device=device)
-        recs.extend(ev(den, st))
-    path = Path(out) if out else run_dir / "evaluations.jsonl"
-    with path.open("a") as f:
-        for r in recs:
-            f.write(json.dumps(r) + "\n")
+        den, _ = run.load_denoiser(st, device=device, dataset=ds)
+        r = ev(den, st)
+        with path.open("a") as f:
+            f.write("".join(json.dumps(x) + "\n" for x in r))
+        recs.extend(r)
+        if on_records is not None:
+            on_records(st, r)
     return recs

@@ -46,15 +46,14 @@ from .metrics.quality import (
     train_feature_net,
 )
 
-__all__ = ["QualityReference", "QUALITY_METRICS", "feature_net_for"]
+__all__ = ["QualityReference", "QUALITY_METRICS", "feature_net_for", "check_metric_names"]
 
 QUALITY_METRICS = ("fd_pixel", "fd_feat", "kid", "fid")
-FEATURE_NET_FILE = "quality_net.safetensors"
 FEATURE_NET_SEED = 0
 FEATURE_NET_STEPS: int | None = None  # None: train_feature_net's default schedule
 
 
-def _check_names(names) -> list[str]:
+def check_metric_names(names) -> list[str]:
     if isinstance(names, str):
         names = [names]
     names = list(names)
@@ -115,21 +114,38 @@ class QualityReference:
         self._cache: dict = {}
         self._calls = 0
 
-    @classmethod
-    def for_run(cls, cfg, ds, run_dir) -> "QualityReference":
-        """The reference of a run: ``ds.test`` as held-out set, the cached or freshly trained
-        feature net (see the module docstring), ``ds.to_pixels`` for FID.  Unknown metric
-        names in ``cfg.eval.quality`` and missing Inception weights fail here, before training."""
-        names = _check_names(cfg.eval.quality)
-        net = None
-        if {"fd_feat", "kid"} & set(names):
-            path = Path(cfg.eval.feature_net) if cfg.eval.feature_net else Path(run_dir) / FEATURE_NET_FILE
-            net = feature_net_for(ds, path)
-        inception = None
+    @staticmethod
+    def check(cfg, ds) -> None:
+        """Everything :meth:`for_run` could fail on, checked without writing anything: metric
+        names, the held-out set's size, FID's image shape and local Inception weights."""
+        names = check_metric_names(cfg.eval.quality)
+        if names and len(ds.test) < 2:
+            raise DiffmemError(f"the quality metrics ({', '.join(names)}) need at least 2 held-out points; data "
+                               f"{ds.name!r} holds out {len(ds.test)} (raise test= in the data spec, or set "
+                               "eval.quality= to measure no quality)")
         if "fid" in names:
             if len(ds.shape) != 3 or ds.shape[0] not in (1, 3):
                 raise DiffmemError(f"fid needs image data of shape (1 or 3, H, W), got {tuple(ds.shape)}; "
                                    "use fd_feat/kid instead")
+            find_inception_weights()
+        if cfg.eval.feature_net and {"fd_feat", "kid"} & set(names) and Path(cfg.eval.feature_net).exists():
+            load_feature_net(cfg.eval.feature_net, expected_shape=tuple(ds.shape))
+
+    @classmethod
+    def for_run(cls, cfg, ds, feature_net_path=None) -> "QualityReference":
+        """The reference of a run: ``ds.test`` as held-out set, the cached or freshly trained
+        feature net (``cfg.eval.feature_net``, else ``feature_net_path``, the run's own file),
+        ``ds.to_pixels`` for FID.  Call :meth:`check` before writing anything."""
+        cls.check(cfg, ds)
+        names = check_metric_names(cfg.eval.quality)
+        net = None
+        if {"fd_feat", "kid"} & set(names):
+            path = Path(cfg.eval.feature_net) if cfg.eval.feature_net else feature_net_path
+            if path is None:
+                raise DiffmemError("fd_feat and kid need a feature net: set eval.feature_net=PATH")
+            net = feature_net_for(ds, path)
+        inception = None
+        if "fid" in names:
             inception = load_inception(find_inception_weights(), device=_device(cfg))
         to_unit = None
         if hasattr(ds, "to_pixels"):
@@ -176,7 +192,7 @@ class QualityReference:
         diverged still gets a record instead of an exception).  Fréchet
         distances from fewer samples than dimensions warn on the first call.
         """
-        names = _check_names(names)
+        names = check_metric_names(names)
         samples = torch.as_tensor(samples).detach().to("cpu", torch.float32)
         if tuple(samples.shape[1:]) != self.shape:
             raise DiffmemError(f"samples of shape {tuple(samples.shape[1:])} against a reference of shape {self.shape}")

@@ -10,7 +10,12 @@ Three equivalent ways to say "how noisy" (SPEC §0):
   1e-4 to 2e-2, ``ᾱ_i = Π_{s≤i}(1 − β_s)``, ``t = −½ log ᾱ_i``,
   ``σ_i² = (1 − ᾱ_i)/ᾱ_i``.
 
-"What σ is t = 0.01?" -> ``ou_t_to_sigma(0.01)``.
+"What σ is t = 0.01?" -> ``ou_t_to_sigma(0.01)`` (0.14213).
+
+σ grids for the samplers (decreasing, float64, ending in 0) also live here:
+:func:`karras_sigmas` (EDM), :func:`ddpm_sigmas` (a sub-grid of the DDPM
+indices, BUBM25's DDIM), :func:`ou_sigmas` (uniform in OU time, BUBM25's
+Euler–Maruyama); :func:`sigma_grid` picks one by name.
 """
 
 from __future__ import annotations
@@ -26,6 +31,10 @@ __all__ = [
     "vp_scale",
     "DDPMSchedule",
     "karras_sigmas",
+    "ddpm_sigmas",
+    "ou_sigmas",
+    "GRIDS",
+    "sigma_grid",
 ]
 
 
@@ -117,9 +126,55 @@ def karras_sigmas(n: int, sigma_min: float = 0.002, sigma_max: float = 80.0, rho
 
     Returns float64 array of length ``n + 1``.
     """
-    if n < 1:
-        raise ValueError("need at least one step")
+    _check_steps(n, "the Karras grid")
     i = np.arange(n, dtype=np.float64)
     ramp = i / max(n - 1, 1)
     s = (sigma_max ** (1 / rho) + ramp * (sigma_min ** (1 / rho) - sigma_max ** (1 / rho))) ** rho
     return np.append(s, 0.0)
+
+
+def _check_steps(n, what: str) -> int:
+    from .errors import DiffmemError
+
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
+        raise DiffmemError(f"{what} needs a positive integer number of steps, got {n!r}")
+    return int(n)
+
+
+def ddpm_sigmas(n: int, schedule: DDPMSchedule | None = None) -> np.ndarray:
+    """σ at ``n`` DDPM indices ``round(linspace(0, T−1, n))`` (BUBM25's DDIM grid), decreasing, then 0.
+
+    ``n = T`` visits every index (DDPM ancestral sampling).  Returns float64 of
+    length ``≤ n + 1``.
+    """
+    sch = schedule or DDPMSchedule()
+    n = _check_steps(n, "the DDPM grid")
+    if n > sch.T:
+        from .errors import DiffmemError
+
+        raise DiffmemError(f"the DDPM grid has {sch.T} indices; {n} steps is more than it holds")
+    idx = np.unique(np.round(np.linspace(0, sch.T - 1, n)).astype(int))[::-1]
+    return np.append(sch.sigmas[idx], 0.0)
+
+
+def ou_sigmas(n: int, t_max: float = 5.0, t_min: float = 1e-3) -> np.ndarray:
+    """σ of ``n + 1`` OU times uniform from ``t_max`` to ``t_min`` (BUBM25's Euler–Maruyama grid).
+
+    Unlike the other grids it does not end in 0: the SDE stops at ``t_min``.
+    """
+    n = _check_steps(n, "the OU-time grid")
+    return ou_t_to_sigma(np.linspace(t_max, t_min, n + 1))
+
+
+GRIDS = {"karras": karras_sigmas, "ddpm": ddpm_sigmas, "ou": ou_sigmas}
+
+
+def sigma_grid(name: str, steps: int, **kw) -> np.ndarray:
+    """The σ grid ``name`` (``karras``, ``ddpm``, ``ou``) with ``steps`` steps."""
+    from .errors import DiffmemError
+
+    if name not in GRIDS:
+        raise DiffmemError(f"unknown σ grid {name!r}; choose one of {', '.join(GRIDS)}")
+    if name == "karras":
+        _check_steps(steps, "the Karras grid")
+    return GRIDS[name](steps, **kw)

@@ -16,20 +16,20 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import dataclasses
-import json
 import multiprocessing as mp
 import os
 from pathlib import Path
 
 from .config import RunConfig
 from .errors import DiffmemError
-from .train import atomic_write_text, train
+from .rundir import write_sweep_index
+from .train import train
 
 __all__ = ["plan_sweep", "run_sweep"]
 
 
-def run_name(n: int, width: int, seed: int) -> str:
-    return f"n{n:06d}_w{width:04d}_s{seed}"
+def run_name(n: int, width: int | None, seed: int) -> str:
+    return f"n{n:06d}_w{width:04d}_s{seed}" if width is not None else f"n{n:06d}_s{seed}"
 
 
 def plan_sweep(base: RunConfig, ns: list[int], widths: list[int] | None = None, seeds: list[int] | None = None,
@@ -43,9 +43,9 @@ def plan_sweep(base: RunConfig, ns: list[int], widths: list[int] | None = None, 
         for n in ns:
             for s in seeds or [base.seed]:
                 cfg = dataclasses.replace(base, n=int(n), seed=int(s),
-                                          model=dataclasses.replace(base.model, width=int(w)))
+                                          model=dataclasses.replace(base.model, width=None if w is None else int(w)))
                 if steps_for is not None:
-                    cfg.steps = int(steps_for(int(n), int(w)))
+                    cfg.steps = int(steps_for(int(n), w))
                 cfg.validate()
                 out.append((run_name(n, w, s), cfg))
     return out
@@ -64,9 +64,9 @@ def run_sweep(plan: list[tuple[str, RunConfig]], out_dir: str | Path, workers: i
               slurm: dict | None = None, progress: bool = True) -> Path:
     """Run every config of ``plan`` into ``out_dir/<name>``; write ``out_dir/sweep.json``."""
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    index = {"runs": [{"dir": name, "n": c.n, "width": c.model.width, "seed": c.seed} for name, c in plan]}
-    atomic_write_text(out / "sweep.json", json.dumps(index, indent=2))
+    if out.exists() and not out.is_dir():
+        raise DiffmemError(f"--out {out} is a file, not a directory")
+    write_sweep_index(out, [{"dir": name, "n": c.n, "width": c.model.width, "seed": c.seed} for name, c in plan])
     cores = os.cpu_count() or 1
     workers = max(1, min(workers, len(plan)))
     threads = max(1, cores // workers)

@@ -1,106 +1,54 @@
-"""Training loop with log-spaced checkpoints, evaluation and exact resume.
+"""The training loop: ``train(cfg, run, callbacks)`` with log-spaced checkpoints and exact resume.
 
-The run directory is the database (DESIGN principle 7)::
-
-    RUN/config.json        resolved RunConfig (+ n_params, batch_size, version)
-    RUN/schedule.json      {"checkpoints": [0, 1, 2, ..., steps]}
-    RUN/metrics.jsonl      append-only, long format {"step", "metric", "value", "error", ...}
-    RUN/checkpoints/step_00001234.safetensors   weights at each checkpoint step
-    RUN/state.pt           latest resumable state: weights, optimiser, step, RNG, accumulators
-    RUN/samples/step_00001234.npy               generated samples (same seeds every checkpoint)
+What happens at a checkpoint (evaluation, metric logging, a progress bar, a
+stopping rule) is done by callbacks (:mod:`diffmem.callbacks`); the run
+directory's files are written through :class:`diffmem.rundir.Run` only.
 
 Randomness is *reseeded from (seed, step)* at every step (edm2 practice): the
 batch of step k, its noise levels, its noise draws and dropout masks depend
 only on ``(seed, k)``.  A run killed at any point and resumed from its last
 checkpoint therefore reproduces the uninterrupted run bit for bit (same
-device, same thread count).
+device, same thread count).  For the same reason a finished run can be
+extended: ``diffmem train --out RUN steps=LARGER`` continues it, and its
+weights at every step equal those of a run trained for LARGER steps from the
+start (the checkpoint schedule keeps the old points and adds the new
+schedule's points beyond the old end).
 
 Batch policy (BUBM25): ``batch = min(n, batch_max)``; when ``n <= batch_max``
 every step is a full-batch step over the n training points; otherwise the
 batches walk through a fresh seeded permutation of the n points each epoch.
+
+A closed-form model (``model.name=empirical|gaussian|exact``) has no training
+steps: its "run" is one evaluation at step 0.
 """
 
 from __future__ import annotations
 
 import functools
-import json
-import os
 import time
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
 
 from . import __version__
+from .callbacks import Callback, TrainContext, standard_callbacks
 from .checkpoints import log_checkpoint_schedule
-from .config import RunConfig
-from .denoiser import EDMDenoiser, EpsDenoiser
+from .config import EXECUTION_KEYS, RunConfig
 from .errors import DiffmemError
 from .evaluate import Evaluator
-from .losses import DDPMSigmaSampler, LogNormalSigmaSampler, dsm_loss
-from .models import build_backbone, count_params
+from .losses import dsm_loss
+from .models import MODELS, build_model, count_params
+from .parametrisation import get_parametrisation
+from .rundir import Run
 
-__all__ = ["train", "build_denoiser", "load_denoiser", "step_seed", "atomic_write_text"]
-
-
-_EXECUTION_KEYS = ("threads", "device")
+__all__ = ["train", "step_seed"]
 
 
 def step_seed(seed: int, step: int, stream: int = 0) -> int:
     """A 63-bit seed for (run seed, step, stream), via numpy's SeedSequence."""
     return int(np.random.SeedSequence([int(seed), int(step), int(stream)]).generate_state(1, np.uint64)[0] >> np.uint64(1))
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
-def _atomic_torch_save(obj, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
-def _atomic_save_weights(module: torch.nn.Module, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    save_file({k: v.detach().cpu().clone().contiguous() for k, v in module.state_dict().items()}, str(tmp))
-    os.replace(tmp, path)
-
-
-def build_denoiser(cfg: RunConfig, shape: tuple) -> torch.nn.Module:
-    """Backbone from the model registry wrapped in its parametrisation."""
-    m = cfg.model
-    kw = {"mlp": {"width": m.width, "blocks": m.blocks}, "gmm": {}, "bubm25": {"width": m.width},
-          "unet": {"width": m.width, "dropout": m.dropout}}.get(m.name, {})
-    backbone = build_backbone(cfg.model.name, tuple(shape), **kw)
-    if cfg.model.parametrisation == "edm":
-        return EDMDenoiser(backbone, sigma_data=0.5)
-    return EpsDenoiser(backbone, label="ddpm")
-
-
-def load_denoiser(run_dir: str | Path, step: int | None = None, device: str = "cpu") -> tuple[torch.nn.Module, RunConfig]:
-    """The denoiser of a run at checkpoint ``step`` (default: the last one saved), in eval mode."""
-    from .config import load_run_config
-
-    run_dir = Path(run_dir)
-    cfg = load_run_config(run_dir)
-    shape = tuple(json.loads((run_dir / "config.json").read_text())["data_shape"])
-    ckpts = sorted((run_dir / "checkpoints").glob("step_*.safetensors"))
-    if not ckpts:
-        raise DiffmemError(f"run {run_dir} has no checkpoints")
-    if step is None:
-        path = ckpts[-1]
-    else:
-        path = run_dir / "checkpoints" / f"step_{int(step):08d}.safetensors"
-        if not path.is_file():
-            raise DiffmemError(f"run {run_dir} has no checkpoint at step {step}")
-    den = build_denoiser(cfg, shape).to(device)
-    den.load_state_dict(load_file(str(path), device=device))
-    den.eval()
-    return den, cfg
 
 
 @functools.lru_cache(maxsize=4)
@@ -127,145 +75,181 @@ def _batch_indices(n: int, batch: int, step: int, seed: int) -> torch.Tensor:
 def _make_optimizer(cfg: RunConfig, params) -> torch.optim.Optimizer:
     o = cfg.optim
     # foreach=True: one fused call per update instead of a Python loop over the parameters
-    # (the same arithmetic; ~0.4 ms less per step for the small digits MLP on CPU)
     if o.name == "sgd":
         return torch.optim.SGD(params, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay, foreach=True)
     return torch.optim.Adam(params, lr=o.lr, betas=(o.beta1, o.beta2), weight_decay=o.weight_decay, foreach=True)
 
 
 def _seed_global(seed: int, device: torch.device) -> None:
-    """Seed the global RNG of the device in use.
+    """Seed the global RNG of the device in use (dropout draws from it).
 
     Same effect as ``torch.manual_seed`` for that device, without the latter's
-    lazy seeding of every accelerator backend (CUDA, XPU, MTIA), which formats a
-    Python stack trace on each call and cost ~0.4 ms per training step.
+    lazy seeding of every accelerator backend, which formats a Python stack
+    trace on each call (~0.4 ms per training step).
     """
     torch.default_generator.manual_seed(seed)
     if device.type == "cuda":
         torch.cuda.manual_seed(seed)
 
 
-def _truncate_metrics(path: Path, last_step: int) -> None:
-    """Keep only complete metric lines with step <= last_step (after a kill)."""
-    if not path.exists():
-        return
-    keep = []
-    for line in path.read_text().splitlines():
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if rec.get("step", -1) <= last_step:
-            keep.append(line)
-    atomic_write_text(path, "".join(l + "\n" for l in keep))
+def _callback_keys(callbacks: Sequence[Callback]) -> list[str]:
+    keys, seen = [], {}
+    for cb in callbacks:
+        name = type(cb).__name__
+        seen[name] = seen.get(name, 0) + 1
+        keys.append(name if seen[name] == 1 else f"{name}#{seen[name]}")
+    return keys
 
 
-def train(cfg: RunConfig, run_dir: str | Path, resume: bool = True, progress: bool = True,
-          dataset=None, stop_after: int | None = None) -> Path:
-    """Train one model and evaluate it on the checkpoint schedule; return the run directory.
+def _resume_plan(run: Run, cfg: RunConfig, schedule: list[int]) -> list[int]:
+    """Check that ``run`` holds this config; return the schedule to use (extended if steps grew)."""
+    old = run.read_config()
+    new = {k: v for k, v in cfg.to_dict().items() if k not in EXECUTION_KEYS}
+    diff = sorted(k for k in new if k != "steps" and old.get(k) != new[k])
+    if diff:
+        raise DiffmemError(f"run directory {run.path} holds a run with a different config ({', '.join(diff)} "
+                           "differ); use another --out")
+    old_steps = int(old.get("steps", cfg.steps))
+    if cfg.steps < old_steps:
+        raise DiffmemError(f"run directory {run.path} holds a run of {old_steps} steps; give steps ≥ {old_steps} "
+                           "to extend it, or another --out")
+    old_sched = run.read_schedule() or schedule
+    if cfg.steps == old_steps:
+        return old_sched
+    return sorted(set(old_sched) | {s for s in schedule if s > old_steps})
 
-    ``dataset``: an already loaded :class:`diffmem.data.Dataset` (else loaded
-    from ``cfg.data``).  ``stop_after``: stop (as if killed) after this step —
-    for tests of resume.
+
+def train(cfg: RunConfig, run: str | Path | Run, callbacks: Sequence[Callback] = (), *, resume: bool = True,
+          progress: bool = True, dataset=None, stop_after: int | None = None) -> Run:
+    """Train one model on the checkpoint schedule; return its :class:`~diffmem.rundir.Run`.
+
+    Args:
+        cfg: the run's configuration (validated here).
+        run: the run directory (created; resumed if it holds this run).
+        callbacks: extra callbacks, called after the standard ones (evaluation,
+            running loss, metrics file, progress bar).
+        resume: continue a run found in ``run`` (else refuse to touch it).
+        progress: show a progress bar.
+        dataset: an already loaded :class:`diffmem.data.Dataset` (else loaded from ``cfg.data``).
+        stop_after: stop as if killed after this step (for tests of resume).
+
+    Everything is checked (config, data, model, evaluation settings, an
+    existing run's state file) before the first write.
     """
     from .data import load_dataset
 
     cfg.validate()
-    run_dir = Path(run_dir)
+    run = run if isinstance(run, Run) else Run(run)
+    if run.path.exists() and not run.path.is_dir():
+        raise DiffmemError(f"--out {run.path} is a file, not a directory")
+    if run.path.is_dir() and not run.exists() and any(run.path.iterdir()):
+        raise DiffmemError(f"--out {run.path} exists and is not a diffmem run directory (no config.json); "
+                           "choose an empty or new folder")
     if cfg.threads:
         torch.set_num_threads(int(cfg.threads))
     device = torch.device(cfg.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise DiffmemError("device 'cuda' requested but CUDA is not available")
 
     ds = dataset if dataset is not None else load_dataset(cfg.data)
     train_set = ds.subset(cfg.n, cfg.subset_seed).to(device)
+    Evaluator.check(cfg, ds)
+    closed = MODELS[cfg.model.name].kind == "closed_form"
     batch = min(cfg.n, cfg.batch_max)
-    schedule = log_checkpoint_schedule(cfg.steps, per_decade=cfg.checkpoints_per_decade)
+    schedule = [0] if closed else log_checkpoint_schedule(cfg.steps, per_decade=cfg.checkpoints_per_decade)
 
     torch.manual_seed(step_seed(cfg.seed, 0, 2))
-    den = build_denoiser(cfg, ds.shape).to(device)
-    opt = _make_optimizer(cfg, den.parameters())
-    sigma_sampler = LogNormalSigmaSampler() if cfg.model.parametrisation == "edm" else DDPMSigmaSampler()
-    weighting = "edm" if cfg.model.parametrisation == "edm" else "eps"
+    den, opts = build_model(cfg.model, ds.shape, ds, train_set)
+    den = den.to(device) if isinstance(den, torch.nn.Module) else den
+    opt = None if closed else _make_optimizer(cfg, den.parameters())
 
-    state_path = run_dir / "state.pt"
-    metrics_path = run_dir / "metrics.jsonl"
-    start, acc = 0, {"loss_sum": 0.0, "loss_count": 0}
-    if run_dir.exists() and state_path.exists():
+    start, state = 0, None
+    if run.exists():
         if not resume:
-            raise DiffmemError(f"run directory {run_dir} already holds a run; use --resume or another --out")
-        old = json.loads((run_dir / "config.json").read_text())
-        # execution settings may change on resume (bit-identity then holds only for the same device and threads)
-        new = {k: v for k, v in cfg.to_dict().items() if k not in _EXECUTION_KEYS}
-        diff = sorted(k for k in new if old.get(k) != new[k])
-        if diff:
-            raise DiffmemError(f"run directory {run_dir} holds a run with a different config ({', '.join(diff)} "
-                               "differ); use another --out")
-        st = torch.load(state_path, map_location=device, weights_only=False)
-        den.load_state_dict(st["model"])
-        opt.load_state_dict(st["optim"])
-        start, acc = st["step"], st["acc"]
-        _truncate_metrics(metrics_path, start)
+            raise DiffmemError(f"run directory {run.path} already holds a run; choose another --out (or drop "
+                               "--no-resume to continue it)")
+        if closed:
+            schedule = run.read_schedule()
+            _resume_plan(run, cfg, schedule)
+            if run.read_status().get("finished"):
+                return run
+        else:
+            schedule = _resume_plan(run, cfg, schedule)
+        if run.has_state():
+            state = run.load_state(device)  # weights_only: a pickled payload is refused, never run
+            den.load_state_dict(state["model"])
+            opt.load_state_dict(state["optim"])
+            start = int(state["step"])
+    resolved = cfg.to_dict() | {
+        "n_params": None if closed else count_params(den), "batch_size": None if closed else batch,
+        "data_shape": list(ds.shape), "model_options": opts, "diffmem_version": __version__,
+    }
+    if state is None:
+        run.create(resolved, schedule)
     else:
-        (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
-        resolved = cfg.to_dict() | {
-            "n_params": count_params(den), "batch_size": batch, "data_shape": list(ds.shape),
-            "diffmem_version": __version__,
-        }
-        atomic_write_text(run_dir / "config.json", json.dumps(resolved, indent=2))
-        atomic_write_text(run_dir / "schedule.json", json.dumps({"checkpoints": schedule}))
-        metrics_path.write_text("")
-
-    evaluator = Evaluator(cfg, ds, train_set, run_dir, device)
-    ckpt_set = set(schedule)
+        run.write_config(resolved)
+        run.write_schedule(schedule)
+        run.truncate_metrics(start)
+    evaluator = Evaluator(cfg, ds, train_set, run, device)
+    cbs = standard_callbacks(evaluator, progress=progress and not closed) + list(callbacks)
+    keys = _callback_keys(cbs)
+    if state is not None:
+        for k, cb in zip(keys, cbs):
+            if k in state.get("callbacks", {}):
+                cb.load_state_dict(state["callbacks"][k])
+    ctx = TrainContext(cfg=cfg, run=run, dataset=ds, train_set=train_set, device=device, denoiser=den,
+                       optimizer=opt, callbacks=cbs, step=start)
+    seconds = float(state.get("train_seconds", 0.0)) if state is not None else 0.0
+    t0 = time.time()
 
     def checkpoint(step: int) -> None:
+        if closed:
+            for cb in cbs:
+                cb.on_checkpoint(ctx, step, den)
+            return
         den.eval()
-        _atomic_save_weights(den, run_dir / "checkpoints" / f"step_{step:08d}.safetensors")
-        recs = evaluator(den, step)
-        if acc["loss_count"]:
-            recs.append({"step": step, "metric": "train/loss_running", "value": acc["loss_sum"] / acc["loss_count"], "error": None})
-        acc["loss_sum"], acc["loss_count"] = 0.0, 0
-        with metrics_path.open("a") as f:
-            for r in recs:
-                f.write(json.dumps(r) + "\n")
-        _atomic_torch_save({"model": den.state_dict(), "optim": opt.state_dict(), "step": step, "acc": dict(acc),
-                            "torch_rng": torch.get_rng_state()}, state_path)
+        run.save_weights(step, den)
+        for cb in cbs:
+            cb.on_checkpoint(ctx, step, den)
+        run.save_state({"model": den.state_dict(), "optim": opt.state_dict(), "step": step,
+                        "callbacks": {k: cb.state_dict() for k, cb in zip(keys, cbs)},
+                        "torch_rng": torch.get_rng_state(), "train_seconds": seconds + time.time() - t0})
         den.train()
 
-    if start == 0 and not metrics_path.read_text():
+    def status(finished: bool) -> None:
+        run.write_status({"step": ctx.step, "steps": cfg.steps, "finished": finished,
+                          "stopped_by": ctx.stop_reason, "train_seconds": round(seconds + time.time() - t0, 3)})
+
+    for cb in cbs:
+        cb.on_train_start(ctx)
+    if start == 0 and state is None:
         checkpoint(0)
-
-    bar = None
-    if progress:
-        from tqdm import tqdm
-
-        bar = tqdm(total=cfg.steps, initial=start, desc=f"train n={cfg.n} W={cfg.model.width}", unit="step",
-                   dynamic_ncols=True, leave=False)
-    den.train()
-    t0 = time.time()
-    for step in range(start + 1, cfg.steps + 1):
-        _seed_global(step_seed(cfg.seed, step, 0), device)  # dropout and anything else on the global RNG
-        g = torch.Generator().manual_seed(step_seed(cfg.seed, step, 3))
-        y = train_set[_batch_indices(cfg.n, batch, step, cfg.seed).to(device)]
-        sigma = sigma_sampler(y.shape[0], generator=g, device=device)
-        noise = torch.randn(y.shape, generator=g).to(device)
-        loss = dsm_loss(den, y, sigma, noise=noise, weighting=weighting).loss.mean()
-        if not torch.isfinite(loss):
-            raise DiffmemError(f"training diverged at step {step} (loss {loss.item()}); lower the learning rate")
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        acc["loss_sum"] += float(loss.detach())
-        acc["loss_count"] += 1
-        if step in ckpt_set:
-            checkpoint(step)
-        if bar is not None:
-            bar.update(1)
-        if stop_after is not None and step >= stop_after:
-            break
-    if bar is not None:
-        bar.close()
-    (run_dir / "train_seconds.txt").write_text(f"{time.time() - t0:.3f}\n")
-    return run_dir
+    ckpt_set = set(schedule)
+    if not closed:
+        den.train()
+        par = get_parametrisation(cfg.model.parametrisation, cfg.model.sigma_data)
+        for step in range(start + 1, cfg.steps + 1):
+            ctx.step = step
+            _seed_global(step_seed(cfg.seed, step, 0), device)  # dropout and anything else on the global RNG
+            g = torch.Generator().manual_seed(step_seed(cfg.seed, step, 3))
+            y = train_set[_batch_indices(cfg.n, batch, step, cfg.seed).to(device)]
+            sigma = par.sigma_sampler(y.shape[0], generator=g, device=device)
+            noise = torch.randn(y.shape, generator=g).to(device)
+            loss = dsm_loss(den, y, sigma, noise=noise, weighting=par.weighting,
+                            sigma_data=par.sigma_data).loss.mean()
+            if not torch.isfinite(loss):
+                raise DiffmemError(f"training diverged at step {step} (loss {loss.item()}); lower the learning rate")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            lv = float(loss.detach())
+            for cb in cbs:
+                cb.on_step_end(ctx, step, lv)
+            if step in ckpt_set:
+                checkpoint(step)
+            elif ctx.stop_reason is not None:
+                checkpoint(step)  # a stopped run keeps (and evaluates) the weights it stopped with
+            if ctx.stop_reason is not None or (stop_after is not None and step >= stop_after):
+                break
+    for cb in cbs:
+        cb.on_train_end(ctx)
+    status(finished=ctx.stop_reason is None and ctx.step >= (0 if closed else cfg.steps))
+    return run

@@ -323,14 +323,9 @@ def save_feature_net(net: FeatureNet, path, meta: dict | None = None) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().cpu().contiguous().clone() for k, v in net.state_dict().items()}
     md = {"format": _FORMAT, "config": json.dumps(net.config()), "meta": json.dumps(meta or {})}
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        save_file(tensors, str(tmp), metadata=md)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
+    from ..fileio import atomic_write
+
+    return atomic_write(path, lambda p: save_file(tensors, str(p), metadata=md))
 
 
 def load_feature_net(path, expected_shape=None) -> tuple[FeatureNet, dict]:

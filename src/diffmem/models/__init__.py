@@ -1,25 +1,34 @@
-"""Backbones and the preset registry.
+"""The model registry: every model a run can use, and the options each one takes.
 
-Every backbone has ``forward(x [B, *shape], label [B]) -> [B, *shape]`` and
-predicts the noise; wrap it in :class:`diffmem.denoiser.EpsDenoiser` (or
-``EDMDenoiser``) to get a denoiser.  ``shape`` is ``(d,)`` for vectors and
-``(C, H, W)`` for images.
+A *network* (``mlp``, ``gmm``, ``unet``, ``bubm25``) is a backbone
+``forward(x [B, *shape], label [B]) -> [B, *shape]`` wrapped by a
+parametrisation (:mod:`diffmem.parametrisation`) into a denoiser.  A *closed
+form* (``empirical``, ``gaussian``, ``exact``) is a denoiser built from the
+data; it has no parameters and no training steps (:mod:`diffmem.closed_form`).
+``shape`` is ``(d,)`` for vectors and ``(C, H, W)`` for images.
 
-Presets:
+==============  ==========  =====================================  ===========================================
+name            kind        options (default)                      what
+==============  ==========  =====================================  ===========================================
+``mlp``         network     width (128), blocks (3)                :class:`MLP`; any shape (flattened)
+``gmm``         network     width (128), blocks (3)                BUBM25's GMM network (102,024 params at d = 8)
+``unet``        network     width (32), blocks (2), dropout (0.1)  :class:`UNet`, mults (1,2,4), attention (0,1,1)
+``bubm25``      network     width (32), dropout (0.1)              the BUBM25 U-Net: ``3910 W² + 606 W + 1`` params
+``empirical``   closed      --                                     posterior mean of the n training points
+``gaussian``    closed      --                                     exact denoiser of the training set's Gaussian fit
+``exact``       closed      --                                     the data distribution's exact denoiser (``gmm:``)
+==============  ==========  =====================================  ===========================================
 
-* ``"mlp"``: :class:`MLP` (kw: ``width=128``, ``blocks=3``); accepts any shape (flattened).
-* ``"gmm"``: the BUBM25 GMM network, MLP with width 128 and 3 blocks
-  (102,024 parameters at d = 8); kw ``width``/``blocks`` are not accepted.
-* ``"unet"``: :class:`UNet` (kw: ``width=32``, ``mults=(1,2,4)``,
-  ``attn=(False,True,True)``, ``blocks=2``, ``dropout=0.1``, ``groups=8``, ``heads=4``).
-* ``"bubm25"``: the BUBM25 U-Net; only ``width`` (default 32) may be set;
-  ``3910 W² + 606 W + 1`` parameters for one-channel input.
+An option the chosen model does not take is an error naming it (never
+silently ignored).
 """
 
 from __future__ import annotations
 
-import inspect
+from dataclasses import dataclass
+from typing import Callable
 
+import torch
 from torch import nn
 
 from ..errors import DiffmemError
@@ -27,51 +36,138 @@ from .embedding import SinusoidalEmbedding, sinusoidal_embedding
 from .mlp import MLP
 from .unet import UNet
 
-__all__ = ["MLP", "UNet", "SinusoidalEmbedding", "sinusoidal_embedding", "build_backbone",
-           "count_params", "PRESETS"]
+__all__ = ["MLP", "UNet", "SinusoidalEmbedding", "sinusoidal_embedding", "build_backbone", "build_model",
+           "check_model_config", "count_params", "ModelSpec", "MODELS", "PRESETS", "MODEL_OPTIONS"]
+
+MODEL_OPTIONS = ("width", "blocks", "dropout")  # the ModelConfig fields that are backbone options
 
 
-def _mlp(shape, width=128, blocks=3, max_period=10000.0):
-    return MLP(shape, width=width, blocks=blocks, max_period=max_period)
-
-
-def _gmm(shape):
-    return MLP(shape, width=128, blocks=3)
-
-
-def _unet(shape, width=32, mults=(1, 2, 4), attn=(False, True, True), blocks=2, dropout=0.1,
-          groups=8, heads=4, max_period=10000.0):
-    return UNet(_image_shape(shape), width=width, mults=mults, attn=attn, blocks=blocks,
-                dropout=dropout, groups=groups, heads=heads, max_period=max_period)
-
-
-def _bubm25(shape, width=32):
-    return UNet(_image_shape(shape), width=width, mults=(1, 2, 4), attn=(False, True, True),
-                blocks=2, dropout=0.1, groups=8, heads=4)
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    kind: str  # "network" or "closed_form"
+    build: Callable
+    defaults: dict  # option -> default (the options this model takes)
+    doc: str
 
 
 def _image_shape(shape):
     if len(shape) != 3:
-        raise DiffmemError(f"the U-Net presets need image data of shape (C, H, W), got shape "
-                           f"{tuple(shape)}; use the 'mlp' preset for vectors")
+        raise DiffmemError(f"the U-Net models need image data of shape (C, H, W), got shape "
+                           f"{tuple(shape)}; use model.name=mlp for vectors")
     return tuple(shape)
 
 
-PRESETS = {"mlp": _mlp, "gmm": _gmm, "unet": _unet, "bubm25": _bubm25}
+def _unet(shape, width, blocks, dropout):
+    return UNet(_image_shape(shape), width=width, mults=(1, 2, 4), attn=(False, True, True), blocks=blocks,
+                dropout=dropout, groups=8, heads=4)
+
+
+def _empirical(shape, data, train_set):
+    from ..closed_form import EmpiricalDenoiser
+
+    return EmpiricalDenoiser(train_set)
+
+
+def _gaussian(shape, data, train_set):
+    from ..closed_form import GaussianDenoiser
+
+    return GaussianDenoiser.fit(train_set)
+
+
+def _exact(shape, data, train_set):
+    from ..closed_form import ExactDenoiser
+
+    if data is None or getattr(data, "exact", None) is None:
+        raise DiffmemError("model 'exact' needs a data set with a known distribution (data=gmm:...)")
+    return ExactDenoiser(data.exact)
+
+
+MODELS: dict[str, ModelSpec] = {
+    "mlp": ModelSpec("mlp", "network", lambda shape, width, blocks: MLP(shape, width=width, blocks=blocks),
+                     {"width": 128, "blocks": 3}, "MLP noise predictor on flattened input"),
+    "gmm": ModelSpec("gmm", "network", lambda shape, width, blocks: MLP(shape, width=width, blocks=blocks),
+                     {"width": 128, "blocks": 3}, "BUBM25's Gaussian-mixture network (an MLP)"),
+    "unet": ModelSpec("unet", "network", _unet, {"width": 32, "blocks": 2, "dropout": 0.1}, "U-Net"),
+    "bubm25": ModelSpec("bubm25", "network", lambda shape, width, dropout: _unet(shape, width, 2, dropout),
+                        {"width": 32, "dropout": 0.1}, "the BUBM25 U-Net"),
+    "empirical": ModelSpec("empirical", "closed_form", _empirical, {}, "empirical posterior mean (memorises)"),
+    "gaussian": ModelSpec("gaussian", "closed_form", _gaussian, {}, "Gaussian fit of the training set"),
+    "exact": ModelSpec("exact", "closed_form", _exact, {}, "exact denoiser of the data distribution"),
+}
+PRESETS = {k: v for k, v in MODELS.items() if v.kind == "network"}  # backbones, for build_backbone
+
+
+def _spec(name: str) -> ModelSpec:
+    if name not in MODELS:
+        raise DiffmemError(f"unknown model {name!r}; choose one of {', '.join(MODELS)}")
+    return MODELS[name]
+
+
+def check_model_config(cfg, given: set[str] = frozenset()) -> None:
+    """Refuse options the chosen model does not take (``cfg``: a RunConfig).
+
+    ``given``: dotted keys the user set; training keys (steps, optim.*,
+    batch_max) given for a closed form are refused too (it is never trained).
+    """
+    m = cfg.model
+    spec = _spec(m.name)
+    bad = [k for k in MODEL_OPTIONS if getattr(m, k) is not None and k not in spec.defaults]
+    if bad:
+        raise DiffmemError(f"model {m.name!r} takes no option {', '.join('model.' + k for k in bad)}; "
+                           f"its options: {', '.join('model.' + k for k in spec.defaults) or 'none'}")
+    if spec.kind == "closed_form":
+        extra = [k for k in ("model.parametrisation", "model.sigma_data") if getattr(m, k.split('.')[1]) is not None]
+        extra += sorted(k for k in given if k in ("steps", "batch_max") or k.startswith("optim."))
+        if extra:
+            raise DiffmemError(f"model {m.name!r} is a closed form (no training): it does not use "
+                               f"{', '.join(extra)}; remove it")
+    else:
+        from ..parametrisation import get_parametrisation
+
+        get_parametrisation(m.parametrisation, m.sigma_data)
+
+
+def resolved_options(model_cfg) -> dict:
+    """The backbone options in effect: the model's defaults, overridden by the config's values."""
+    spec = _spec(model_cfg.name)
+    return {k: (getattr(model_cfg, k) if getattr(model_cfg, k) is not None else d) for k, d in spec.defaults.items()}
+
+
+def build_model(model_cfg, shape: tuple, data=None, train_set: torch.Tensor | None = None):
+    """The denoiser of a model config (``cfg.model``) for data of per-sample ``shape``.
+
+    Networks: backbone wrapped in the parametrisation's preconditioning
+    (an ``nn.Module``).  Closed forms: built from ``data`` / ``train_set``.
+    Returns ``(denoiser, resolved_options)``.
+    """
+    spec = _spec(model_cfg.name)
+    opts = resolved_options(model_cfg)
+    shape = tuple(int(s) for s in shape)
+    if spec.kind == "closed_form":
+        if train_set is None:
+            raise DiffmemError(f"model {spec.name!r} is built from the training set; none given")
+        return spec.build(shape, data, train_set), opts
+    from ..parametrisation import get_parametrisation
+
+    par = get_parametrisation(model_cfg.parametrisation, model_cfg.sigma_data)
+    return par.precondition(spec.build(shape, **opts)), opts
 
 
 def build_backbone(name: str, shape: tuple, **kw) -> nn.Module:
-    """Build the backbone preset ``name`` for data of per-sample ``shape``."""
+    """Build the network backbone ``name`` for data of per-sample ``shape`` (options as keywords)."""
     if name not in PRESETS:
         raise DiffmemError(f"unknown model preset {name!r}; choose one of {', '.join(PRESETS)}")
-    allowed = list(inspect.signature(PRESETS[name]).parameters)[1:]
-    bad = sorted(set(kw) - set(allowed))
+    spec = PRESETS[name]
+    bad = sorted(set(kw) - set(spec.defaults))
     if bad:
         raise DiffmemError(f"model preset {name!r} takes no option {', '.join(map(repr, bad))}; "
-                           f"its options: {', '.join(allowed) or 'none'}")
-    return PRESETS[name](tuple(int(s) for s in shape), **kw)
+                           f"its options: {', '.join(spec.defaults) or 'none'}")
+    return spec.build(tuple(int(s) for s in shape), **{**spec.defaults, **kw})
 
 
-def count_params(module: nn.Module) -> int:
-    """Number of trainable parameters."""
+def count_params(module) -> int:
+    """Number of trainable parameters (0 for a closed form)."""
+    if not isinstance(module, nn.Module):
+        return 0
     return sum(p.numel() for p in module.parameters() if p.requires_grad)

@@ -1,0 +1,50 @@
+"""Atomic file writes (used by the run directory, reports and the audit).
+
+A file is written to a temporary name in the same folder, then renamed over
+its target, so a reader never sees half a file and a killed writer leaves
+only a ``.NAME.PID.tmp`` (removed on failure).  The result gets the usual
+permissions, ``0666 & ~umask``, not the 0600 of :func:`tempfile.mkstemp`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Callable
+
+__all__ = ["atomic_write", "atomic_write_text", "atomic_write_json"]
+
+
+
+def _umask() -> int:
+    m = os.umask(0)
+    os.umask(m)
+    return m
+
+
+def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
+    """Write ``path`` atomically: ``write(tmp)`` fills a temporary file next to it, then it is renamed.
+
+    The temporary file is removed if ``write`` fails.  The result has mode
+    ``0666 & ~umask`` (like any file a program creates), not the 0600 of
+    :func:`tempfile.mkstemp`.
+    """
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        write(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path
+
+
+def atomic_write_text(path: str | Path, text: str) -> Path:
+    return atomic_write(path, lambda p: p.write_text(text))
+
+
+def atomic_write_json(path: str | Path, obj: Any, indent: int | None = 2) -> Path:
+    return atomic_write_text(path, json.dumps(obj, indent=indent) + ("\n" if indent else ""))
