@@ -45,12 +45,12 @@ def test_load_array_variants(tmp_path):
     np.testing.assert_array_equal(load_array(tmp_path / "single.npz"), x)
     np.testing.assert_array_equal(load_array(tmp_path / "generic.npz"), x)
     np.testing.assert_array_equal(load_array(tmp_path / "roles.npz", role="samples"), x + 1)
-    np.testing.assert_array_equal(load_array(f"{tmp_path / 'roles.npz'}:train"), x)
+    np.testing.assert_array_equal(load_array(f"{tmp_path / 'roles.npz'}?key=train"), x)
     np.testing.assert_array_equal(load_array(tmp_path / "roles.npz", key="samples"), x + 1)
     with pytest.raises(DiffmemError, match="several arrays .*train, samples"):
         load_array(tmp_path / "roles.npz")
     with pytest.raises(DiffmemError, match="no array 'zz'"):
-        load_array(f"{tmp_path / 'roles.npz'}:zz")
+        load_array(f"{tmp_path / 'roles.npz'}?key=zz")
 
 
 @pytest.mark.parametrize("name,match", [

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from diffmem.denoiser import EmpiricalDenoiser, EpsDenoiser, GaussianDenoiser, eps_pred, score
+from diffmem.closed_form import EmpiricalDenoiser, GaussianDenoiser
+from diffmem.denoiser import EpsDenoiser, eps_pred, score
 from diffmem.errors import DiffmemError
 from diffmem.losses import DDPMSigmaSampler, dsm_loss
 from diffmem.samplers import generate

@@ -322,7 +322,7 @@ def test_quality_reference_for_run(tmp_path, monkeypatch):
 
     monkeypatch.setattr(diffmem.quality, "FEATURE_NET_STEPS", 150)
     ds = _stand_in_ds()
-    qr = QualityReference.for_run(_cfg(), ds, tmp_path)
+    qr = QualityReference.for_run(_cfg(), ds, tmp_path / "quality_net.safetensors")
     net_file = tmp_path / "quality_net.safetensors"
     assert net_file.is_file()
     mtime = net_file.stat().st_mtime_ns
@@ -335,7 +335,7 @@ def test_quality_reference_for_run(tmp_path, monkeypatch):
     assert good["fd_pixel"][1] is None and good["kid"][1] >= 0
     assert qr(ds.test, ["fd_feat"])["fd_feat"][0] == pytest.approx(0.0, abs=1e-6)
     # cached net is reused, deterministic results
-    qr2 = QualityReference.for_run(_cfg(), ds, tmp_path)
+    qr2 = QualityReference.for_run(_cfg(), ds, tmp_path / "quality_net.safetensors")
     assert net_file.stat().st_mtime_ns == mtime
     assert qr2(ds.pool[:200], names) == good
     # an explicit shared path is created once and then reused
@@ -343,7 +343,7 @@ def test_quality_reference_for_run(tmp_path, monkeypatch):
     QualityReference.for_run(_cfg(feature_net=str(shared)), ds, tmp_path / "other")
     assert shared.is_file() and not (tmp_path / "other" / "quality_net.safetensors").exists()
     # unlabelled data -> DAE features; fewer than 2 samples -> NaN
-    qd = QualityReference.for_run(_cfg(), _stand_in_ds(labels=False), tmp_path / "dae")
+    qd = QualityReference.for_run(_cfg(), _stand_in_ds(labels=False), tmp_path / "dae" / "quality_net.safetensors")
     assert qd.feature_net.mode == "dae"
     assert math.isnan(qd(ds.pool[:1], ["fd_feat"])["fd_feat"][0])
 

@@ -30,10 +30,10 @@ def _final_weights(run: Path):
 
 def test_resume_after_sigkill_is_identical(tmp_path):
     full, killed = tmp_path / "full", tmp_path / "killed"
-    cmd, env = _cli("train", "--out", str(full), "--no-progress", *QUICK)
+    cmd, env = _cli("train", "--out", str(full), "--no-progress", "--preset", "digits", *QUICK)
     subprocess.run(cmd, env=env, check=True, capture_output=True)
 
-    cmd, env = _cli("train", "--out", str(killed), "--no-progress", *QUICK)
+    cmd, env = _cli("train", "--out", str(killed), "--no-progress", "--preset", "digits", *QUICK)
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
     state = killed / "state.pt"
@@ -50,7 +50,7 @@ def test_resume_after_sigkill_is_identical(tmp_path):
     import torch
 
     assert torch.load(state, weights_only=False)["step"] < 240
-    cmd, env = _cli("train", "--out", str(killed), "--no-progress", *QUICK)
+    cmd, env = _cli("train", "--out", str(killed), "--no-progress", "--preset", "digits", *QUICK)
     subprocess.run(cmd, env=env, check=True, capture_output=True)
 
     a = (full / "metrics.jsonl").read_text().splitlines()
@@ -66,7 +66,7 @@ def test_resume_after_sigkill_is_identical(tmp_path):
 
 def test_run_directory_contents(tmp_path):
     run = tmp_path / "r"
-    assert main(["train", "--out", str(run), "--no-progress", *QUICK[:-1], "steps=30"]) == 0
+    assert main(["train", "--out", str(run), "--no-progress", "--preset", "digits", *QUICK[:-1], "steps=30"]) == 0
     cfg = json.loads((run / "config.json").read_text())
     assert cfg["n"] == 16 and cfg["data_shape"] == [1, 8, 8] and cfg["batch_size"] == 16
     sched = json.loads((run / "schedule.json").read_text())["checkpoints"]
@@ -79,10 +79,12 @@ def test_run_directory_contents(tmp_path):
     s = sorted((run / "samples").glob("step_*.npy"))
     assert len(s) == len(sched) and np.load(s[0]).shape == (32, 1, 8, 8)
     # a second identical call resumes (nothing to do) and does not duplicate lines
-    assert main(["train", "--out", str(run), "--no-progress", *QUICK[:-1], "steps=30"]) == 0
+    assert main(["train", "--out", str(run), "--no-progress", "--preset", "digits", *QUICK[:-1], "steps=30"]) == 0
     assert len((run / "metrics.jsonl").read_text().splitlines()) == len(recs)
-    # a different config in the same directory is refused
-    assert main(["train", "--out", str(run), "--no-progress", *QUICK[:-1], "steps=31"]) == 2
+    # a different config in the same directory is refused; fewer steps too
+    assert main(["train", "--out", str(run), "--no-progress", "--preset", "digits", *QUICK[:-1], "steps=30", "seed=1"]) == 2
+    assert main(["train", "--out", str(run), "--no-progress", "--preset", "digits", *QUICK[:-1], "steps=29"]) == 2
+    assert len((run / "metrics.jsonl").read_text().splitlines()) == len(recs)
 
 
 def _bad_npy(tmp_path, kind):
@@ -98,8 +100,8 @@ def _bad_npy(tmp_path, kind):
 
 @pytest.mark.parametrize("case, match", [
     (lambda t: ["--preset", "nope"], "unknown preset"),
-    (lambda t: ["steps=0"], "steps must be positive"),
-    (lambda t: ["steps=-5"], "steps must be positive"),
+    (lambda t: ["steps=0"], "'steps' must be positive"),
+    (lambda t: ["steps=-5"], "'steps' must be positive"),
     (lambda t: ["n=1"], "at least 2 training points"),
     (lambda t: [f"data={_bad_npy(t, 'nan')}", "n=8"], "NaN or inf"),
     (lambda t: [f"data={_bad_npy(t, 'inf')}", "n=8"], "NaN or inf"),
@@ -110,7 +112,7 @@ def _bad_npy(tmp_path, kind):
 ])
 def test_train_bad_input_exits_2_with_one_line(tmp_path, capsys, case, match):
     run = tmp_path / "run"
-    code = main(["train", "--out", str(run), "--no-progress", *case(tmp_path)])
+    code = main(["train", "--out", str(run), "--no-progress", "--preset", "digits", *case(tmp_path)])
     err = capsys.readouterr().err.strip()
     assert code == 2
     assert err.startswith("diffmem: error:") and "\n" not in err
@@ -124,7 +126,7 @@ SWEEP_EVAL = ["threads=1", "eval.n_samples=32", "eval.quality=fd_pixel", "eval.n
 
 def test_sweep_cli_steps_per_n_widths_and_rerun(tmp_path, capsys):
     out = tmp_path / "sw"
-    args = ["sweep", "--n", "8,16", "--width", "16,32", "--steps-per-n", "5", "--executor", "serial",
+    args = ["sweep", "--preset", "digits", "--n", "8,16", "--width", "16,32", "--steps-per-n", "5", "--executor", "serial",
             "--out", str(out), "--quality-metric", "quality/fd_pixel", "--phase-multiples", "1,2", *SWEEP_EVAL]
     assert main(args) == 0
     runs = sorted(p for p in out.iterdir() if p.is_dir() and (p / "config.json").exists())
@@ -141,10 +143,10 @@ def test_sweep_cli_steps_per_n_widths_and_rerun(tmp_path, capsys):
     assert {r.name: (r / "metrics.jsonl").read_bytes() for r in runs} == before
     capsys.readouterr()
     bad = tmp_path / "bad"
-    assert main(["sweep", "--n", "8", "--steps-per-n", "0", "--out", str(bad), *SWEEP_EVAL]) == 2
+    assert main(["sweep", "--preset", "digits", "--n", "8", "--steps-per-n", "0", "--out", str(bad), *SWEEP_EVAL]) == 2
     err = capsys.readouterr().err.strip()
     assert "--steps-per-n must be positive" in err and "\n" not in err
     assert not bad.exists()
-    assert main(["sweep", "--n", "8", "--phase-multiples", "1,x", "--out", str(bad), *SWEEP_EVAL]) == 2
+    assert main(["sweep", "--preset", "digits", "--n", "8", "--phase-multiples", "1,x", "--out", str(bad), *SWEEP_EVAL]) == 2
     assert "--phase-multiples" in capsys.readouterr().err
     assert not bad.exists()

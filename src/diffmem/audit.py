@@ -13,8 +13,8 @@ nearest training rows); otherwise a short summary.  ``--out`` writes the JSON
 object to a file (atomically).
 
 In an ``.npz`` the array is the only one, or the one named like the role
-(``train`` / ``samples``), or ``arr_0`` / ``x``; ``FILE.npz:KEY`` picks one
-explicitly.  Large ``.npy`` files are memory-mapped: only blocks are ever
+(``train`` / ``samples``), or ``arr_0`` / ``x``; ``FILE.npz?key=KEY`` picks one
+explicitly (the data-spec syntax of ``data=``).  Large ``.npy`` files are memory-mapped: only blocks are ever
 converted, so the memory stays bounded.
 """
 
@@ -22,92 +22,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 
 import numpy as np
 
+from .data import load_array
 from .errors import DiffmemError
+from .fileio import atomic_write_text
 from .metrics.memorization import memorization_fraction
 
 __all__ = ["audit", "load_array", "add_audit_parser", "cmd_audit", "main"]
-
-_GENERIC_KEYS = ("arr_0", "x")
-
-
-def _split_key(path) -> tuple[Path, str | None]:
-    s = str(path)
-    head, sep, key = s.rpartition(":")
-    if sep and head.lower().endswith(".npz") and key and "/" not in key and "\\" not in key:
-        return Path(head), key
-    return Path(s), None
-
-
-def _check_dtype(a: np.ndarray, where: str) -> np.ndarray:
-    if a.dtype.kind not in "fiu":
-        raise DiffmemError(f"{where} holds an array of dtype {a.dtype}; expected numbers")
-    if a.ndim == 0:
-        raise DiffmemError(f"{where} holds a scalar; expected an array of shape (N, ...)")
-    return a
-
-
-def load_array(path, role: str | None = None, key: str | None = None) -> np.ndarray:
-    """Load a numeric array from ``.npy`` (memory-mapped) or ``.npz``.
-
-    For ``.npz``: ``key`` (or a ``FILE.npz:KEY`` suffix) picks the array;
-    otherwise the single array, else the one named ``role`` (e.g. ``"train"``),
-    else the single one of ``arr_0`` / ``x``.  Raises :class:`DiffmemError` for
-    a missing file, another extension, object/string arrays, or an ambiguous
-    archive (the message lists its keys).
-    """
-    path, k2 = _split_key(path)
-    key = key or k2
-    if not path.exists():
-        raise DiffmemError(f"file not found: {path}")
-    if not path.is_file():
-        raise DiffmemError(f"not a file: {path}")
-    ext = path.suffix.lower()
-    if ext == ".npy":
-        try:
-            a = np.load(path, mmap_mode="r", allow_pickle=False)
-        except ValueError as e:
-            if "allow_pickle" in str(e) or "object" in str(e):
-                raise DiffmemError(f"{path} holds Python objects, not a numeric array") from None
-            raise DiffmemError(f"cannot read {path}: {e}") from None
-        except (OSError, EOFError) as e:
-            raise DiffmemError(f"cannot read {path} as a .npy array: {e}") from None
-        return _check_dtype(a, str(path))
-    if ext == ".npz":
-        try:
-            z = np.load(path, allow_pickle=False)
-        except (OSError, ValueError, EOFError) as e:
-            raise DiffmemError(f"cannot read {path} as a .npz archive: {e}") from None
-        with z:
-            keys = list(z.files)
-            if not keys:
-                raise DiffmemError(f"{path} holds no arrays")
-            if key is not None:
-                if key not in keys:
-                    raise DiffmemError(f"{path} has no array {key!r}; it holds: {', '.join(keys)}")
-                pick = key
-            elif len(keys) == 1:
-                pick = keys[0]
-            elif role is not None and role in keys:
-                pick = role
-            else:
-                generic = [k for k in _GENERIC_KEYS if k in keys]
-                if len(generic) != 1:
-                    raise DiffmemError(f"{path} holds several arrays ({', '.join(keys)}); name one as "
-                                       f"{path}:KEY")
-                pick = generic[0]
-            try:
-                a = z[pick]
-            except ValueError as e:
-                raise DiffmemError(f"{path}:{pick} holds Python objects, not a numeric array ({e})") from None
-        return _check_dtype(a, f"{path}:{pick}")
-    raise DiffmemError(f"{path}: expected a .npy or .npz file, got {ext or 'no extension'!r}")
-
 
 def audit(train, samples, threshold: float = 1 / 3, n_boot: int = 1000, seed: int = 0, **nn_kwargs) -> dict:
     """Memorisation audit of ``samples [M, ...]`` against ``train [N, ...]`` (arrays or tensors).
@@ -143,17 +68,6 @@ def _summary(r: dict, train_path, samples_path) -> str:
     return "\n".join(lines)
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_text(text)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
 def cmd_audit(args) -> int:
     """Handler of ``diffmem audit``: all input is checked before anything is written."""
     if args.n_boot < 0:
@@ -161,13 +75,15 @@ def cmd_audit(args) -> int:
     out = Path(args.out) if args.out else None
     if out is not None and out.is_dir():
         raise DiffmemError(f"--out {out} is a directory; give a file name")
+
     train = load_array(args.train, role="train")
     samples = load_array(args.samples, role="samples")
     r = audit(train, samples, threshold=args.threshold, n_boot=args.n_boot, seed=args.seed)
     r["train"], r["samples"] = str(args.train), str(args.samples)
     text = json.dumps(r)
     if out is not None:
-        _write_atomic(out, text + "\n")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(out, text + "\n")
     print(text if args.json else _summary(r, args.train, args.samples))
     return 0
 
@@ -178,7 +94,7 @@ def add_audit_parser(sub) -> argparse.ArgumentParser:
                        description="Flag samples whose nearest training point is much closer than the second "
                                    "nearest (d1/d2 < threshold, BUBM25) and report the memorised fraction "
                                    "with a bootstrap interval.")
-    q.add_argument("--train", required=True, help="training set: .npy or .npz of shape (N, ...) (FILE.npz:KEY)")
+    q.add_argument("--train", required=True, help="training set: .npy or .npz of shape (N, ...) (FILE.npz?key=KEY)")
     q.add_argument("--samples", required=True, help="generated samples: .npy or .npz of shape (M, ...)")
     q.add_argument("--threshold", type=float, default=1 / 3, help="ratio threshold d1/d2 (default 1/3)")
     q.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples (0: binomial error bars)")

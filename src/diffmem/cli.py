@@ -2,7 +2,9 @@
 
 Each subcommand parses options, builds a config and calls one library
 function.  A user error (:class:`~diffmem.errors.DiffmemError`) prints one line
-``diffmem: error: ...`` on stderr and exits with status 2.
+``diffmem: error: ...`` on stderr and exits with status 2; every input is
+checked before anything is written.  ``key=value`` config overrides may come
+anywhere on the command line.
 """
 
 from __future__ import annotations
@@ -16,17 +18,87 @@ from . import __version__
 from .errors import DiffmemError
 
 
-def _add_config_args(p: argparse.ArgumentParser, default_preset: str | None = "digits") -> None:
-    p.add_argument("--preset", default=default_preset, help="named preset (see `diffmem presets`)")
+# ---------------------------------------------------------------------------
+# shared option groups
+
+
+def _add_config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--preset", help="named preset (see `diffmem presets`); this or --config is required")
     p.add_argument("--config", help="TOML file of config keys (applied after the preset)")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
-                   help="config overrides, e.g. n=64 steps=5000 model.width=128 optim.lr=0.01")
+                   help="config overrides, anywhere on the line, e.g. n=64 steps=5000 model.width=128 optim.lr=0.01")
 
 
 def _resolve(args):
-    from .config import resolve_config
+    from .config import PRESETS, resolve_config
 
+    if args.preset is None and args.config is None:
+        raise DiffmemError(f"choose a configuration: --preset {'|'.join(PRESETS)} (digits is the embedded "
+                           "default data set) or --config FILE.toml")
     return resolve_config(args.preset, args.config, args.overrides)
+
+
+def _positive(value: int | float | None, name: str):
+    if value is not None and not value > 0:
+        raise DiffmemError(f"{name} must be positive, got {value}")
+    return value
+
+
+def _int_list(text: str, name: str) -> list[int]:
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise DiffmemError(f"{name}: expected a comma-separated list of integers, got {text!r}") from None
+
+
+def _out_file(path: str, suffixes: tuple[str, ...]) -> Path:
+    """Check an output file name before any work: its suffix and that its folder exists."""
+    out = Path(path)
+    if out.suffix.lower() not in suffixes:
+        raise DiffmemError(f"--out must end in {' or '.join(suffixes)}, got {out}")
+    if out.is_dir():
+        raise DiffmemError(f"--out {out} is a directory; give a file name")
+    if not out.parent.is_dir():
+        raise DiffmemError(f"--out {out}: folder {out.parent} does not exist")
+    return out
+
+
+def _add_report_args(q) -> None:
+    """Options of the timescale definitions (shared by ``report`` and ``sweep``)."""
+    q.add_argument("--quality-metric", help="metric for tau_gen, e.g. quality/fd_pixel (default: fid, fd_feat, kid, "
+                   "fd_pixel, the first present)")
+    q.add_argument("--rel-tol", type=float, default=0.1, help="tau_gen tolerance (default 0.1)")
+    q.add_argument("--tau-gen-reference", default="best", choices=["best", "improvement", "common"],
+                   help="tau_gen: within rel-tol of the run's best | (1-rel-tol) of its improvement | "
+                        "the level every run of a width attains")
+    q.add_argument("--tau-mem-method", default="significant", choices=["significant", "level"],
+                   help="tau_mem: first significant f_mem > 0 | f_mem/f_mem(end) crosses 0.5")
+    q.add_argument("--phase-multiples", default="1,3,8",
+                   help="phase-diagram times as multiples of tau_gen (default 1,3,8 as BUBM25; the demo uses 10,30,100)")
+
+
+def _definitions(args):
+    from .analysis import TauDefinitions
+    from .theory.cli import _floats
+
+    return TauDefinitions(quality_metric=args.quality_metric, rel_tol=args.rel_tol,
+                          tau_gen_reference=args.tau_gen_reference, tau_mem_method=args.tau_mem_method,
+                          phase_multiples=tuple(_floats(args.phase_multiples, "--phase-multiples")))
+
+
+def _print_summary(summary: dict, as_json: bool, where: Path | None = None) -> None:
+    from .report import summary_table
+
+    if as_json:
+        print(json.dumps(summary, indent=2))
+        return
+    print(summary_table(summary))
+    if where is not None:
+        print(f"figures and summary.json in {where}")
+
+
+# ---------------------------------------------------------------------------
+# commands
 
 
 def cmd_presets(args) -> int:
@@ -41,110 +113,88 @@ def cmd_train(args) -> int:
     from .train import train
 
     cfg = _resolve(args)
-    out = train(cfg, args.out, resume=not args.no_resume, progress=not args.no_progress)
-    print(out.path)
+    run = train(cfg, args.out, resume=not args.no_resume, progress=not args.no_progress)
+    status = run.read_status()
+    how = "finished" if status.get("finished") else f"stopped at step {status.get('step')}"
+    print(f"{run.path}  ({how}; {status.get('train_seconds', 0):.1f} s of training in total)")
     return 0
 
 
 def cmd_sample(args) -> int:
-    import numpy as np
+    from .evaluate import sample_run
+    from .fileio import atomic_write_npy
 
-    from .rundir import Run
-    from .samplers import generate
-
-    den, cfg = Run(args.run).load_denoiser(args.step, device=args.device)
-    shape = Run(args.run).data_shape()
-    if args.n_samples < 1:
-        raise DiffmemError(f"--n-samples must be positive, got {args.n_samples}")
-    seeds = list(range(args.seed, args.seed + args.n_samples))
-    params = {} if args.steps is None else {"steps": args.steps}
-    x = generate(den, shape, seeds, sampler=args.sampler, device=args.device, **params)
-    out = Path(args.out)
-    if out.suffix != ".npy":
-        raise DiffmemError(f"--out must be a .npy file, got {out}")
-    tmp = out.with_name(out.stem + ".tmp.npy")
-    np.save(tmp, x.numpy())
-    tmp.replace(out)
-    print(f"wrote {len(x)} samples of shape {shape} to {out}")
+    out = _out_file(args.out, (".npy",))
+    x, info = sample_run(args.run, args.step, n_samples=args.n_samples, seed=args.seed, sampler=args.sampler,
+                         steps=args.steps, device=args.device)
+    atomic_write_npy(out, x)
+    print(f"wrote {len(x)} samples ({info['sampler']}, {info['steps']} steps, seeds {info['seeds'][0]}.."
+          f"{info['seeds'][1]}, step {info['step']}) of shape {tuple(x.shape[1:])} to {out}")
     return 0
 
 
 def cmd_evaluate(args) -> int:
     from .evaluate import evaluate_run
 
-    recs = evaluate_run(args.run, steps=args.step or None, overrides=args.overrides, out=args.out)
+    def show(step, recs):
+        if args.json:
+            return
+        for r in recs:
+            at = "".join(f" {k}={r[k]:g}" for k in ("t", "sigma") if r.get(k) is not None)
+            err = "" if r.get("error") is None else f" ± {r['error']:.3g}"
+            print(f"step {r['step']:>8d}  {r['metric'] + at:<40s} {r['value']:.6g}{err}")
+
+    if args.n_samples is not None:
+        args.overrides.append(f"eval.n_samples={args.n_samples}")
+    recs = evaluate_run(args.run, steps=args.step or None, overrides=args.overrides, out=args.out,
+                        device=args.device, on_records=show)
     if args.json:
         print(json.dumps(recs))
-    else:
-        for r in recs:
-            print(f"step {r['step']:>8d}  {r['metric']:<24s} {r['value']:.6g}")
     return 0
-
-
-def _int_list(text: str) -> list[int]:
-    try:
-        return [int(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise DiffmemError(f"expected a comma-separated list of integers, got {text!r}") from None
-
-
-def _add_report_args(q) -> None:
-    """Options of the analysis (shared by ``report`` and ``sweep``)."""
-    q.add_argument("--quality-metric", help="metric for tau_gen, e.g. quality/fd_pixel (default: fid, fd_feat, kid, "
-                   "fd_pixel, the first present)")
-    q.add_argument("--rel-tol", type=float, default=0.1, help="tau_gen tolerance (default 0.1)")
-    q.add_argument("--tau-gen-reference", default="best", choices=["best", "improvement", "common"],
-                   help="tau_gen: within rel-tol of the run's best | (1-rel-tol) of its improvement | "
-                        "the level every run of a width attains")
-    q.add_argument("--tau-mem-method", default="significant", choices=["significant", "level"],
-                   help="tau_mem: first significant f_mem > 0 | f_mem/f_mem(end) crosses 0.5")
-    q.add_argument("--phase-multiples", default="1,3,8",
-                   help="phase-diagram times as multiples of tau_gen (default 1,3,8 as BUBM25; the demo uses 10,30,100)")
-
-
-def _report_kwargs(args) -> dict:
-    from .theory.cli import _floats
-
-    return dict(quality_metric=args.quality_metric, rel_tol=args.rel_tol, tau_gen_reference=args.tau_gen_reference,
-                tau_mem_method=args.tau_mem_method,
-                phase_multiples=_floats(args.phase_multiples, "--phase-multiples"))
 
 
 def cmd_sweep(args) -> int:
     from .report import make_report
     from .sweep import plan_sweep, run_sweep
 
-    report_kwargs = _report_kwargs(args)  # validated before any training
+    defs = _definitions(args)  # validated before any training
+    _positive(args.steps_per_n, "--steps-per-n")
+    _positive(args.workers, "--workers")
     base = _resolve(args)
-    steps_for = None
-    if args.steps_per_n is not None:
-        if not args.steps_per_n > 0:
-            raise DiffmemError(f"--steps-per-n must be positive, got {args.steps_per_n}")
-        steps_for = lambda n, w: max(1, round(args.steps_per_n * n))  # noqa: E731
-    plan = plan_sweep(base, _int_list(args.n), _int_list(args.width) if args.width else None,
-                      _int_list(args.seeds) if args.seeds else None, steps_for=steps_for)
+    steps_for = None if args.steps_per_n is None else (lambda n, w: max(1, round(args.steps_per_n * n)))
+    plan = plan_sweep(base, _int_list(args.n, "--n"), _int_list(args.width, "--width") if args.width else None,
+                      _int_list(args.seeds, "--seeds") if args.seeds else None, steps_for=steps_for)
     out = run_sweep(plan, args.out, workers=args.workers, executor=args.executor)
-    summary = make_report(out, Path(out) / "report", **report_kwargs)
-    print(json.dumps(summary, indent=2) if args.json else f"sweep done: {out}  (report in {Path(out) / 'report'})")
+    summary = make_report(out, Path(out) / "report", defs)
+    _print_summary(summary, args.json, Path(out) / "report")
     return 0
 
 
 def cmd_report(args) -> int:
     from .report import make_report
+    from .rundir import list_runs
 
-    summary = make_report(args.sweep, args.out or Path(args.sweep) / "report", **_report_kwargs(args))
-    print(json.dumps(summary, indent=2))
+    defs = _definitions(args)
+    list_runs(args.sweep)  # a sweep, not a run directory; every listed run present
+    out = Path(args.out) if args.out else Path(args.sweep) / "report"
+    summary = make_report(args.sweep, out, defs)
+    _print_summary(summary, args.json, out)
     return 0
 
 
 def cmd_demo(args) -> int:
     from .demo import run_demo
 
+    _positive(args.workers, "--workers")
     summary = run_demo(args.out, quick=args.quick, workers=args.workers)
     keys = ("n", "tau_gen", "tau_mem", "slope", "slope_ci")
     print(json.dumps({k: summary[k] for k in keys if k in summary}, indent=2))
     print(f"figures and summary.json in {args.out}")
     return 0
+
+
+# ---------------------------------------------------------------------------
+# parser
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -159,26 +209,32 @@ def build_parser() -> argparse.ArgumentParser:
 
     q = sub.add_parser("train", help="train one model, evaluating on a log-spaced checkpoint schedule")
     _add_config_args(q)
-    q.add_argument("--out", required=True, help="run directory (resumed if it already holds this run)")
+    q.add_argument("--out", required=True, help="run directory (resumed if it holds this run; a larger steps= "
+                   "extends a finished run)")
     q.add_argument("--no-resume", action="store_true", help="refuse to continue an existing run")
     q.add_argument("--no-progress", action="store_true", help="no progress bar")
     q.set_defaults(func=cmd_train)
 
-    q = sub.add_parser("sample", help="generate samples from a run's checkpoint")
+    q = sub.add_parser("sample", help="generate samples from a run's checkpoint (default: the run's own "
+                       "evaluation settings, so it reproduces RUN/samples)")
     q.add_argument("--run", required=True, help="run directory")
     q.add_argument("--step", type=int, help="checkpoint step (default: last)")
-    q.add_argument("--n-samples", type=int, default=1000, help="number of samples (default 1000)")
-    q.add_argument("--seed", type=int, default=0, help="first per-sample seed")
-    q.add_argument("--sampler", default="ddim", help="ddim, ddpm, em, heun")
-    q.add_argument("--steps", type=int, help="sampler steps")
+    q.add_argument("--n-samples", type=int, help="number of samples (default: the run's eval.n_samples)")
+    q.add_argument("--seed", type=int, help="first per-sample seed (default: the run's eval.sample_seed)")
+    q.add_argument("--sampler", help="heun, ddim, ddpm, em (default: the run's eval.sampler)")
+    q.add_argument("--steps", type=int, help="sampler steps (default: the run's eval.sampler_steps for its own "
+                   "sampler, else the sampler's default)")
     q.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
-    q.add_argument("--out", required=True, help="output .npy file")
+    q.add_argument("--out", required=True, help="output .npy file (model space, as RUN/samples)")
     q.set_defaults(func=cmd_sample)
 
     q = sub.add_parser("evaluate", help="re-evaluate saved checkpoints of a run")
     q.add_argument("--run", required=True, help="run directory")
     q.add_argument("--step", type=int, action="append", help="checkpoint step (repeatable; default: all)")
-    q.add_argument("--out", help="JSON-lines file for the records (default RUN/evaluations.jsonl)")
+    q.add_argument("--n-samples", type=int, help="shorthand for eval.n_samples=N")
+    q.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    q.add_argument("--out", help="JSON-lines file for the records, appended after each checkpoint "
+                   "(default RUN/evaluations.jsonl)")
     q.add_argument("--json", action="store_true", help="print the records as one JSON list")
     q.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="eval overrides, e.g. eval.n_samples=1000")
     q.set_defaults(func=cmd_evaluate)
@@ -193,7 +249,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "default: the config's steps for every n")
     q.add_argument("--workers", type=int, default=1, help="runs in parallel (local executor; default 1)")
     q.add_argument("--executor", default="local", help="local, serial or submitit (SLURM)")
-    q.add_argument("--out", required=True, help="sweep directory: a run directory per (width, n, seed), sweep.json and report/ (re-running resumes)")
+    q.add_argument("--out", required=True, help="sweep directory: a run directory per (width, n, seed), sweep.json "
+                   "and report/ (re-running resumes)")
     q.add_argument("--json", action="store_true", help="print the report summary as JSON")
     _add_report_args(q)
     q.set_defaults(func=cmd_sweep)
@@ -201,6 +258,7 @@ def build_parser() -> argparse.ArgumentParser:
     q = sub.add_parser("report", help="timescales, power-law fit and figures of a sweep directory")
     q.add_argument("--sweep", required=True, help="sweep directory")
     q.add_argument("--out", help="output folder (default SWEEP/report)")
+    q.add_argument("--json", action="store_true", help="print the whole summary as JSON (default: a short table)")
     _add_report_args(q)
     q.set_defaults(func=cmd_report)
 
@@ -220,14 +278,30 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _parse(parser: argparse.ArgumentParser, argv):
+    """Parse, accepting ``key=value`` overrides anywhere (also after options) for commands that take them."""
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        if hasattr(args, "overrides") and all("=" in x and not x.startswith("-") for x in extra):
+            args.overrides = list(args.overrides or []) + extra
+        else:
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = _parse(parser, argv)
     try:
         return int(args.func(args) or 0)
     except DiffmemError as e:
         print(f"diffmem: error: {e}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # e.g. `diffmem presets --full | head`
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except KeyboardInterrupt:
         print("diffmem: interrupted", file=sys.stderr)
         return 130

@@ -154,7 +154,7 @@ class RunConfig:
         _check_ranges(self, "")
         given = set(given or ())
         if self.device != "cpu":
-            _check_device(self.device)
+            check_device(self.device)
         from .samplers import SAMPLERS
 
         if self.eval.sampler not in SAMPLERS:
@@ -173,7 +173,7 @@ class RunConfig:
         return self
 
 
-def _check_device(dev: str) -> None:
+def check_device(dev: str) -> None:
     import torch
 
     if dev.startswith("cuda"):
@@ -324,7 +324,7 @@ PRESETS: dict[str, dict] = {
     # CelebA folder or array (e.g. data=/data/celeba?size=32&gray=1).
     "celeba-bubm25": {
         "data": None,
-        "model": {"name": "bubm25", "width": 32, "dropout": 0.1},
+        "model": {"name": "bubm25", "width": 32},
         "optim": {"name": "sgd", "lr": 0.01, "momentum": 0.95},
         "batch_max": 512,
         "steps": 2_000_000,

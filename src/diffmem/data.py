@@ -31,7 +31,7 @@ import torch
 from .errors import DiffmemError
 
 __all__ = ["Dataset", "GaussianMixture", "load_dataset", "load_digits", "load_gmm", "load_image_folder",
-           "load_array_dataset", "parse_spec", "IMAGE_SUFFIXES"]
+           "load_array_dataset", "load_array", "parse_spec", "IMAGE_SUFFIXES"]
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".pgm", ".ppm"}
 
@@ -216,30 +216,112 @@ def _as_samples(name: str, a: np.ndarray) -> np.ndarray:
     return a
 
 
+_GENERIC_KEYS = ("arr_0", "x")
+_LABEL_KEYS = ("y", "labels", "targets")
+
+
+def _split_key(path) -> tuple[Path, str | None]:
+    s = str(path)
+    head, sep, query = s.partition("?")
+    if sep:
+        k, eq, v = query.partition("=")
+        if k != "key" or not eq or not v or "&" in v:
+            raise DiffmemError(f"{s}: the only array option is ?key=NAME")
+        return Path(head), v
+    h2, sep2, key = s.rpartition(":")
+    if sep2 and h2.lower().endswith(".npz") and key and "/" not in key and "\\" not in key:
+        raise DiffmemError(f"{s}: name an array of an .npz as {h2}?key={key} (the data-spec syntax)")
+    return Path(s), None
+
+
+def _check_dtype(a: np.ndarray, where: str) -> np.ndarray:
+    if a.dtype.kind == "c":
+        raise DiffmemError(f"{where} holds complex numbers ({a.dtype}); diffmem needs real-valued data")
+    if a.dtype.kind not in "fiub":
+        raise DiffmemError(f"{where} holds an array of dtype {a.dtype}; expected numbers")
+    if a.ndim == 0:
+        raise DiffmemError(f"{where} holds a scalar; expected an array of shape (N, ...)")
+    if a.shape[0] == 0:
+        raise DiffmemError(f"{where} holds no rows (shape {a.shape})")
+    return a
+
+
+def load_array(path, role: str | None = None, key: str | None = None, with_labels: bool = False):
+    """Read a numeric array from ``.npy`` (memory-mapped, never loaded whole) or ``.npz`` (never pickles).
+
+    ``FILE.npz?key=KEY`` (or ``key=``) picks an array of an archive; otherwise
+    the only one (label arrays ``y``/``labels``/``targets`` aside), else the
+    one named ``role`` (e.g. ``"train"``), else the single one of ``arr_0`` /
+    ``x``.  Raises :class:`DiffmemError` for a missing, empty or non-NumPy
+    file, object/string/complex arrays, an array without rows, or an
+    ambiguous archive (the message lists its keys).  ``with_labels``: return
+    ``(array, labels or None)``.
+    """
+    path, k2 = _split_key(path)
+    key = key or k2
+    if not path.exists():
+        raise DiffmemError(f"file not found: {path}")
+    if not path.is_file():
+        raise DiffmemError(f"not a file: {path}")
+    if path.stat().st_size == 0:
+        raise DiffmemError(f"{path} is empty (0 bytes)")
+    ext = path.suffix.lower()
+    labels = None
+    if ext == ".npy":
+        with path.open("rb") as f:
+            if f.read(6) != b"\x93NUMPY":
+                raise DiffmemError(f"{path} is not a .npy file (no NumPy header); save arrays with numpy.save")
+        try:
+            a = np.load(path, mmap_mode="r", allow_pickle=False)
+        except ValueError as e:
+            if "allow_pickle" in str(e) or "object" in str(e):
+                raise DiffmemError(f"{path} holds Python objects, not a numeric array (refused: loading it would "
+                                   "unpickle)") from None
+            raise DiffmemError(f"cannot read {path}: {str(e).splitlines()[0]}") from None
+        except (OSError, EOFError) as e:
+            raise DiffmemError(f"cannot read {path} as a .npy array (truncated?): {e}") from None
+        a = _check_dtype(a, str(path))
+    elif ext == ".npz":
+        try:
+            z = np.load(path, allow_pickle=False)
+        except (OSError, ValueError, EOFError) as e:
+            raise DiffmemError(f"cannot read {path} as a .npz archive: {str(e).splitlines()[0]}") from None
+        with z:
+            keys = list(z.files)
+            data_keys = [k for k in keys if k not in _LABEL_KEYS] or keys
+            if not keys:
+                raise DiffmemError(f"{path} holds no arrays")
+            if key is not None:
+                if key not in keys:
+                    raise DiffmemError(f"{path} has no array {key!r}; it holds: {', '.join(keys)}")
+                pick = key
+            elif len(data_keys) == 1:
+                pick = data_keys[0]
+            elif role is not None and role in keys:
+                pick = role
+            else:
+                generic = [k for k in _GENERIC_KEYS if k in keys]
+                if len(generic) != 1:
+                    raise DiffmemError(f"{path} holds several arrays ({', '.join(keys)}); say which "
+                                       f"with {path}?key=KEY")
+                pick = generic[0]
+            try:
+                a = z[pick]
+                if with_labels:
+                    labels = next((z[k] for k in _LABEL_KEYS if k in keys and k != pick), None)
+            except (ValueError, OSError, EOFError) as e:
+                raise DiffmemError(f"{path}?key={pick}: cannot read a numeric array ({str(e).splitlines()[0]})") \
+                    from None
+        a = _check_dtype(a, f"{path}?key={pick}")
+    else:
+        raise DiffmemError(f"{path}: expected a .npy or .npz file, got {ext or 'no extension'!r}")
+    return (a, labels) if with_labels else a
+
+
 def load_array_dataset(path, test=0.1, centre: bool = True, key: str | None = None, seed: int = 0) -> Dataset:
     """A ``.npy``/``.npz`` array of samples (uint8 images are mapped to [−1, 1]); optional labels in npz ``y``."""
+    a, labels = load_array(path, key=key, with_labels=True)
     p = Path(path)
-    if not p.is_file():
-        raise DiffmemError(f"array file not found: {p}")
-    labels = None
-    try:
-        if p.suffix == ".npz":
-            with np.load(p, allow_pickle=False) as z:
-                for k in ("y", "labels", "targets"):
-                    if k in z.files:
-                        labels = z[k]
-                keys = [k for k in z.files if k not in ("y", "labels", "targets")]
-                if key is None:
-                    if len(keys) != 1:
-                        raise DiffmemError(f"{p} holds arrays {z.files}; say which with ?key=NAME")
-                    key = keys[0]
-                if key not in z.files:
-                    raise DiffmemError(f"{p} has no array {key!r}; it holds {z.files}")
-                a = z[key]
-        else:
-            a = np.load(p, allow_pickle=False)
-    except ValueError as e:
-        raise DiffmemError(f"cannot load {p}: {e}") from None
     a = _as_samples(str(p), np.asarray(a))
     _check_finite(str(p), a)
     if labels is not None and len(labels) != len(a):

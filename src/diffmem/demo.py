@@ -39,13 +39,13 @@ The regime (what was learned making it appear on a 2-core CPU; see README):
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
+from .analysis import TauDefinitions, analyse
 from .config import resolve_config
+from .fileio import atomic_write_json
 from .report import make_report
 from .sweep import plan_sweep, run_sweep
-from .fileio import atomic_write_text
 
 __all__ = ["run_demo", "DEMO_NS", "STEPS_PER_N"]
 
@@ -69,25 +69,20 @@ def run_demo(out: str | Path, quick: bool = False, workers: int = 2, progress: b
     base = resolve_config("digits", None, over)
     plan = plan_sweep(base, ns, steps_for=lambda n, w: per_n * n)
     run_sweep(plan, out / "runs", workers=workers, progress=progress)
-    summary = make_report(out / "runs", out, quality_metric=QUALITY_METRIC, tau_gen_reference=TAU_GEN_REFERENCE,
+    defs = TauDefinitions(quality_metric=QUALITY_METRIC, tau_gen_reference=TAU_GEN_REFERENCE,
                           phase_multiples=PHASE_MULTIPLES)
-    # τ_gen by the other quality metrics and definitions, for comparison (figures not kept)
-    import tempfile
-    import warnings
-
+    summary = make_report(out / "runs", out, defs, write_summary=False)
+    # τ_gen by the other quality metrics and definitions, for comparison: further analyses of the same runs
+    first = analyse(out / "runs", defs)
     alt = {}
-    with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        for metric in ("quality/fd_pixel", "quality/fd_feat", "quality/kid"):
-            for ref in ("common", "improvement", "best"):
-                try:
-                    s = make_report(out / "runs", tmp, quality_metric=metric, tau_gen_reference=ref,
-                                    write_summary=False)
-                except Exception:  # a metric not recorded (quick mode)
-                    continue
-                alt[f"{metric}/{ref}"] = s["tau_gen"]
+    for metric in ("quality/fd_pixel", "quality/fd_feat", "quality/kid"):
+        if metric not in first.runs[0].metrics:  # not recorded (quick mode)
+            continue
+        for ref in ("common", "improvement", "best"):
+            a = analyse(out / "runs", TauDefinitions(quality_metric=metric, tau_gen_reference=ref), runs=first.runs)
+            alt[f"{metric}/{ref}"] = a.summary()["tau_gen"]
     summary["tau_gen_alternatives"] = alt
     summary["protocol"] = {"preset": "digits", "n": ns, "steps": {str(n): per_n * n for n in ns},
                            "overrides": over}
-    atomic_write_text(out / "summary.json", json.dumps(summary, indent=2, default=float))
+    atomic_write_json(out / "summary.json", summary)
     return summary

@@ -35,7 +35,7 @@ from .rundir import Run
 from .samplers import generate
 from .schedules import ou_t_to_sigma
 
-__all__ = ["Evaluator", "probe_losses", "evaluate_run"]
+__all__ = ["Evaluator", "probe_losses", "evaluate_run", "sample_run"]
 
 
 @torch.no_grad()
@@ -186,3 +186,35 @@ def evaluate_run(run_dir, steps: list[int] | None = None, overrides: list[str] |
         if on_records is not None:
             on_records(st, r)
     return recs
+
+
+def sample_run(run_dir, step: int | None = None, *, n_samples: int | None = None, seed: int | None = None,
+               sampler: str | None = None, steps: int | None = None, device: str = "cpu"):
+    """Samples of a run's checkpoint; by default with the run's own evaluation settings (sampler, steps,
+    seeds), so ``sample_run(RUN, S)`` equals ``RUN/samples/step_S.npy``.  Returns ``(array, info)``.
+
+    Every argument is checked before sampling.
+    """
+    from .config import check_device
+    from .samplers import SAMPLERS
+
+    for name, v in (("--n-samples", n_samples), ("--steps", steps)):
+        if v is not None and v < 1:
+            raise DiffmemError(f"{name} must be positive, got {v}")
+    if seed is not None and seed < 0:
+        raise DiffmemError(f"--seed must be ≥ 0, got {seed}")
+    if sampler is not None and sampler not in SAMPLERS:
+        raise DiffmemError(f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}")
+    if device != "cpu":
+        check_device(device)
+    run = Run(run_dir)
+    den, cfg = run.load_denoiser(step, device=device)
+    e = cfg.eval
+    first = e.sample_seed if seed is None else seed
+    seeds = list(range(first, first + (n_samples or e.n_samples)))
+    sampler = sampler or e.sampler
+    steps = steps or (e.sampler_steps if sampler == e.sampler else None)
+    x = generate(den, run.data_shape(), seeds, sampler=sampler, steps=steps, batch_size=e.batch_size, device=device)
+    used = steps or SAMPLERS[sampler].default_steps
+    last = step if step is not None else run.evaluation_steps()[-1]
+    return x.numpy(), {"sampler": sampler, "steps": used, "seeds": [seeds[0], seeds[-1]], "step": last}

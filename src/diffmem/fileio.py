@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 from typing import Any, Callable
 
-__all__ = ["atomic_write", "atomic_write_text", "atomic_write_json"]
+__all__ = ["atomic_write", "atomic_write_text", "atomic_write_json", "atomic_write_npy"]
 
 
 
@@ -48,3 +48,17 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
 
 def atomic_write_json(path: str | Path, obj: Any, indent: int | None = 2) -> Path:
     return atomic_write_text(path, json.dumps(obj, indent=indent) + ("\n" if indent else ""))
+
+
+def atomic_write_npy(path: str | Path, array) -> Path:
+    """Write a numeric array as ``.npy`` (float arrays as float32), atomically."""
+    import numpy as np
+
+    a = np.asarray(array)
+    a = a.astype(np.float32) if a.dtype.kind == "f" else a
+
+    def write(p: Path) -> None:
+        with p.open("wb") as f:
+            np.save(f, a, allow_pickle=False)
+
+    return atomic_write(path, write)

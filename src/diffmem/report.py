@@ -1,17 +1,18 @@
-"""Figures and summary of a sweep: pure functions of run directories.
+"""Figures and summary of runs: renderings of one :class:`~diffmem.analysis.Analysis`.
 
-:func:`make_report` reads every run of a sweep directory, estimates τ_gen and
-τ_mem per run (:mod:`diffmem.timescales`), fits τ_mem = κ n^α per width, and
-writes PNG figures (matplotlib Agg, no pyplot global state, each written to a
-temporary file then renamed, so a reader never sees half a PNG):
+:func:`render` draws the figures of an analysis; :func:`make_report` is
+``analyse`` + ``render`` + ``summary.json``.  PNGs are drawn with matplotlib's
+object API (no pyplot global state) and written atomically:
 
 =====================  =====================================================
-``quality.png``        quality metric vs τ (log-log), one curve per n, τ_gen marked
+``quality.png``        quality metric vs τ (log-log), one curve per n (points: raw; line: the running
+                       median τ_gen is read from), τ_gen marked
 ``fmem.png``           f_mem vs τ with the bootstrap 95 % band, τ_mem marked
 ``collapse.png``       f_mem(τ)/f_mem(τ_max) vs τ/n
 ``timescales.png``     τ_mem and τ_gen vs n with the fitted power law and its band
 ``losses.png``         train / test DSM loss vs τ at the smallest probed noise level
-``phase_diagram.png``  smallest n with f_mem(τ) = 0 vs p, τ ∈ {τ_gen, 3τ_gen, 8τ_gen} (``phase_multiples``)
+``phase_diagram.png``  smallest n with f_mem(τ) = 0 vs p, τ ∈ {τ_gen, 3τ_gen, 8τ_gen} (``phase_multiples``);
+                       an open down-triangle where the smallest tested n already has f_mem = 0 (a bound)
 =====================  =====================================================
 
 One panel per model width when a sweep has several.
@@ -19,11 +20,7 @@ One panel per model width when a sweep has several.
 
 from __future__ import annotations
 
-import json
-import math
-import os
-import tempfile
-from dataclasses import dataclass, field
+import io
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -34,13 +31,12 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter, NullLocator
 from matplotlib.transforms import blended_transform_factory
 
-from . import rundir as rd
-from .errors import DiffmemError
-from .timescales import Estimate, fit_power_law, phase_boundary, stopping_time, tau_gen, tau_mem
+from .analysis import Analysis, RunData, TauDefinitions, analyse
+from .fileio import atomic_write, atomic_write_json
+from .timescales import Estimate
 
 __all__ = [
-    "RunData",
-    "load_run",
+    "render",
     "plot_quality",
     "plot_fmem",
     "plot_collapse",
@@ -48,122 +44,8 @@ __all__ = [
     "plot_losses",
     "plot_phase_diagram",
     "make_report",
-    "QUALITY_PREFERENCE",
+    "summary_table",
 ]
-
-# first one present in a run is used unless make_report(quality_metric=...) says otherwise
-QUALITY_PREFERENCE = ("quality/fid", "quality/fd_feat", "quality/kid", "quality/fd_pixel")
-TAU_MULTIPLES = (1, 3, 8)  # BUBM25 Fig. 3 right: τ ∈ {τ_gen, 3τ_gen, 8τ_gen}
-
-_Series = tuple[np.ndarray, np.ndarray, np.ndarray]
-
-
-@dataclass
-class RunData:
-    """Everything the report needs from one run directory."""
-
-    path: Path
-    n: int
-    width: int | None
-    seed: int | None
-    n_params: int | None
-    total_steps: int | None
-    batch_size: int | None
-    quality_metric: str | None
-    quality: _Series | None  # steps, values, errors
-    f_mem: tuple[np.ndarray, ...] | None  # steps, values, stderr, ci_low, ci_high
-    loss_train: _Series | None
-    loss_test: _Series | None
-    loss_level: str | None  # e.g. "t=0.01"
-    tau_gen: Estimate | None = None
-    tau_mem: Estimate | None = None
-    tau_mem_level: Estimate | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def last_step(self) -> float:
-        cands = [s[0][-1] for s in (self.f_mem, self.quality) if s is not None and len(s[0])]
-        if self.total_steps:
-            cands.append(self.total_steps)
-        return float(max(cands)) if cands else float("nan")
-
-
-def _pick_loss_level(records: list[dict]) -> tuple[dict, str | None]:
-    """Filter selecting the smallest probed noise level of loss/train and loss/test."""
-    levels: set[tuple[str, float]] = set()
-    for r in records:
-        if r.get("metric") in ("loss/train", "loss/test"):
-            for key in ("t", "sigma"):
-                if r.get(key) is not None:
-                    levels.add((key, float(r[key])))
-    if not levels:
-        return {}, None
-    key = "t" if any(k == "t" for k, _ in levels) else "sigma"
-    val = min(v for k, v in levels if k == key)
-    return {key: val}, f"{key}={val:g}"
-
-
-def load_run(
-    run_dir: str | Path,
-    quality_metric: str | None = None,
-    rel_tol: float = 0.1,
-    smooth: int = 3,
-    tau_mem_method: str = "significant",
-    persist: int = 2,
-    level: float = 0.5,
-    tau_gen_reference: str = "best",
-) -> RunData:
-    """Read one run directory and estimate its τ_gen and τ_mem.
-
-    ``tau_mem`` uses ``tau_mem_method`` (default: lower bootstrap bound > 0
-    for ``persist`` checkpoints); ``tau_mem_level`` is the ``"level"``
-    estimate (crossing of ``level`` by f_mem/f_mem(τ_max)), kept for reference.
-    """
-    run_dir = Path(run_dir)
-    cfg = rd.read_config(run_dir)
-    recs = rd.read_metrics(run_dir)
-    names = {r.get("metric") for r in recs}
-    qm = quality_metric or next((m for m in QUALITY_PREFERENCE if m in names), None)
-    if qm is None:
-        qm = next((m for m in sorted(n for n in names if isinstance(n, str)) if m.startswith("quality/")), None)
-    quality = rd.metric_series(run_dir, qm, records=recs) if qm and qm in names else None
-    fm = rd.metric_series(run_dir, "f_mem", records=recs, extra=("ci_low", "ci_high")) if "f_mem" in names else None
-    filt, lvl = _pick_loss_level(recs)
-    lt = rd.metric_series(run_dir, "loss/train", records=recs, **filt) if "loss/train" in names else None
-    ls = rd.metric_series(run_dir, "loss/test", records=recs, **filt) if "loss/test" in names else None
-    lt = lt if lt is not None and lt[0].size else None
-    ls = ls if ls is not None and ls[0].size else None
-
-    train = cfg.get("train") if isinstance(cfg.get("train"), dict) else {}
-    batch = train.get("batch_size") or cfg.get("batch_size")
-    if batch is None and cfg.get("batch_max") is not None:
-        batch = min(int(cfg["n"]), int(cfg["batch_max"]))
-    run = RunData(
-        path=run_dir,
-        n=rd.run_n(cfg),
-        width=rd.run_width(cfg),
-        seed=cfg.get("seed"),
-        n_params=rd.run_n_params(cfg),
-        total_steps=rd.run_steps(cfg),
-        batch_size=None if batch is None else int(batch),
-        quality_metric=qm,
-        quality=quality if quality is not None and quality[0].size else None,
-        f_mem=fm if fm is not None and fm[0].size else None,
-        loss_train=lt,
-        loss_test=ls,
-        loss_level=lvl,
-    )
-    if run.quality is not None and np.isfinite(run.quality[1]).any():
-        s, q, e = run.quality
-        run.tau_gen = tau_gen(s, q, errors=e if np.isfinite(e).any() else None, rel_tol=rel_tol, smooth=smooth,
-                               reference=tau_gen_reference)
-    if run.f_mem is not None:
-        s, f, se, lo, _ = run.f_mem
-        se_ = se if np.isfinite(se).any() else None
-        lo_ = lo if np.isfinite(lo).any() else None
-        run.tau_mem = tau_mem(s, f, ci_low=lo_, stderr=se_, method=tau_mem_method, persist=persist, level=level)
-        run.tau_mem_level = tau_mem(s, f, ci_low=lo_, stderr=se_, method="level", level=level)
-    return run
 
 
 # ---------------------------------------------------------------------------
@@ -174,16 +56,9 @@ def _save(fig: Figure, path: Path) -> Path:
     """Write ``fig`` as PNG atomically (temporary file in the same folder, then rename)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".png.tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fig.savefig(fh, format="png", dpi=120)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=120)
+    return atomic_write(path, lambda p: p.write_bytes(buf.getvalue()))
 
 
 def _widths(runs: Sequence[RunData]) -> list:
@@ -255,7 +130,9 @@ def plot_quality(runs: Sequence[RunData], path: str | Path) -> Path:
         s, q, e = r.quality
         k = _pos(s) & np.isfinite(q)
         c = color(r.n)
-        ax.plot(s[k], q[k], "-o", ms=2.5, lw=1.2, color=c, label=_label(r, many))
+        ax.plot(s[k], q[k], "o", ms=2.0, color=c, alpha=0.35)
+        qs = r.quality_smooth if r.quality_smooth is not None else q
+        ax.plot(s[k], qs[k], "-", lw=1.3, color=c, label=_label(r, many))
         if np.isfinite(e[k]).any():
             ee = np.nan_to_num(e[k])
             ax.fill_between(s[k], np.maximum(q[k] - ee, q[k] * 0.05), q[k] + ee, color=c, alpha=0.15, lw=0)
@@ -267,7 +144,7 @@ def plot_quality(runs: Sequence[RunData], path: str | Path) -> Path:
             ax.set_yscale("log")
         ax.set_xlabel("training step τ")
         ax.set_ylabel(metric)
-        ax.set_title(_width_title(w) + "  (dotted: τ_gen)", fontsize=10)
+        ax.set_title(_width_title(w) + "  (points: raw; line: running median; dotted: τ_gen)", fontsize=10)
         ax.grid(True, which="both", alpha=0.3)
         _legend(ax)
     return _save(fig, path)
@@ -438,7 +315,12 @@ def plot_phase_diagram(boundary: Sequence[dict], path: str | Path) -> Path:
         bs = sorted(bs, key=lambda b: (b["p"] if use_p else b["width"]) or 0)
         xs = [b["p"] if use_p else b["width"] for b in bs]
         c = colormaps["tab10"](j)
-        found = [(x, b["n_star"]) for x, b in zip(xs, bs) if b["n_star"] is not None]
+        bound = [(x, b["n_star"]) for x, b in zip(xs, bs) if b.get("status") == "at_or_below"]
+        if bound:
+            ax.plot(*zip(*bound), "v", mfc="none", color=c, ms=10 - 2 * j,
+                    label=f"τ = {k:g} τ_gen: smallest tested n already 0 (n* ≤ this)")
+        found = [(x, b["n_star"]) for x, b in zip(xs, bs) if b["n_star"] is not None
+                 and b.get("status") == "found"]
         if found:
             steps = f" (≈ {bs[0]['tau']:.3g} steps)" if len(bs) == 1 else ""
             ax.plot(*zip(*found), "-" + markers[j % 5], color=c, ms=10 - 2 * j, lw=2.5 - 0.6 * j,
@@ -447,7 +329,7 @@ def plot_phase_diagram(boundary: Sequence[dict], path: str | Path) -> Path:
         if miss:
             ax.plot(miss, [ymax * 1.6] * len(miss), markers[j % 5], mfc="none", color=c, ms=8,
                     label=f"τ = {k:g} τ_gen: every tested n memorises")
-    if not any(b.get("status") in ("found", "all_memorise") for b in boundary):
+    if not any(b.get("status") in ("found", "at_or_below", "all_memorise") for b in boundary):
         ax.text(0.5, 0.5, "no run was trained up to these τ", ha="center", va="center", transform=ax.transAxes)
     ax.set_xscale("log")
     ax.set_yscale("log")
@@ -478,231 +360,67 @@ def _placeholder(path: str | Path, message: str) -> Path:
 # the report
 
 
-def _fin(x: float | None) -> float | None:
-    return None if x is None or not math.isfinite(x) else float(x)
+# ---------------------------------------------------------------------------
+# the report
 
 
-def _json_fit(fit: dict) -> dict:
-    out = {}
-    for k, v in fit.items():
-        if k.startswith("boot_"):
-            continue
-        if isinstance(v, float):
-            v = _fin(v)
-        elif isinstance(v, list):
-            v = [_fin(x) if isinstance(x, float) else x for x in v]
-        out[k] = v
-    return out
-
-
-def _atomic_json(obj: Any, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".json.tmp", dir=path.parent)
-    with os.fdopen(fd, "w") as fh:
-        json.dump(obj, fh, indent=2)
-        fh.write("\n")
-    os.replace(tmp, path)
-
-
-def _fit_by_width(runs: Sequence[RunData], attr: str, n_boot: int, seed: int) -> dict[Any, dict]:
-    """fit_power_law of the estimate ``attr`` against n, separately for each width."""
-    fits: dict[Any, dict] = {}
-    for w in _widths(runs):
-        ests = [(r.n, getattr(r, attr)) for r in runs if r.width == w and getattr(r, attr) is not None]
-        if ests:
-            fits[w] = fit_power_law(
-                [n for n, _ in ests],
-                [e.value if e.reached else None for _, e in ests],
-                [e.low if e.reached else None for _, e in ests],
-                [e.high if e.reached else None for _, e in ests],
-                n_boot=n_boot, seed=seed,
-            )
-    return fits
-
-
-def _headline(fits: dict[Any, dict]) -> tuple[Any, dict]:
-    """The fit with the most points (ties: the larger width)."""
-    ok = {w: f for w, f in fits.items() if f.get("ok")}
-    if not ok:
-        return None, {}
-    w = max(ok, key=lambda w: (ok[w]["n_points"], w or 0))
-    return w, ok[w]
-
-
-def _common_tau_gen(runs: list, rel_tol: float, smooth: int) -> None:
-    """τ_gen as the time to reach a quality level every run of a width attains.
-
-    Per width, q* = max over runs of (smoothed best quality) + rel_tol·|that|;
-    each run's τ_gen is its first checkpoint with smoothed quality ≤ q*.  In
-    the generalisation phase the quality curves of different n coincide
-    (BUBM25: τ_gen independent of n) while their plateaus differ (a model of
-    16 images cannot match the held-out set as well as one of 128), so a
-    common level compares like with like.
-    """
-    for w in _widths(runs):
-        group = [r for r in runs if r.width == w and r.quality is not None and r.tau_gen is not None]
-        if not group:
-            continue
-        worst_best = max(r.tau_gen.details["best"] for r in group)
-        target = worst_best + rel_tol * abs(worst_best)
-        for r in group:
-            s, q, e = r.quality
-            r.tau_gen = tau_gen(s, q, errors=e if np.isfinite(e).any() else None, rel_tol=rel_tol, smooth=smooth,
-                                target=target)
-
-
-def make_report(
-    sweep_dir: str | Path,
-    out_dir: str | Path,
-    quality_metric: str | None = None,
-    rel_tol: float = 0.1,
-    smooth: int = 3,
-    tau_mem_method: str = "significant",
-    persist: int = 2,
-    level: float = 0.5,
-    alpha_frac: float = 0.5,
-    n_boot: int = 2000,
-    seed: int = 0,
-    write_summary: bool = True,
-    tau_gen_reference: str = "best",
-    phase_multiples: Sequence[float] = TAU_MULTIPLES,
-) -> dict[str, Any]:
-    """Analyse a sweep directory and write its figures into ``out_dir``.
-
-    Args:
-        sweep_dir: a sweep directory (``sweep.json`` + run directories), or a
-            single run directory.
-        out_dir: where the PNGs (and ``summary.json``) are written.
-        quality_metric: metric used for τ_gen (default: first present of
-            :data:`QUALITY_PREFERENCE`).
-        rel_tol, smooth, tau_gen_reference: τ_gen definition
-            (:func:`diffmem.timescales.tau_gen`; ``"best"``: within ``rel_tol``
-            of the best value, ``"improvement"``: ``1 − rel_tol`` of the total
-            improvement made), ``"common"``: the first checkpoint reaching the
-            level that every run of the width attains (see ``_common_tau_gen``).
-        tau_mem_method, persist, level: τ_mem definition
-            (:func:`diffmem.timescales.tau_mem`).
-        alpha_frac: FSW25 stopping fraction for ``stop_steps``.
-        n_boot, seed: bootstrap of the power-law fit.
-        write_summary: also write ``out_dir/summary.json``.
-        phase_multiples: the phase diagram's times, as multiples of each
-            width's median τ_gen (BUBM25: 1, 3, 8 — where τ_mem/τ_gen ≈ n/300;
-            pick larger multiples when memorisation starts later in units of
-            τ_gen, else every tested n still generalises at those times).
-
-    Returns:
-        JSON-serialisable summary.  Lists aligned per run (sorted by width,
-        n, seed): ``n``, ``width``, ``seed``, ``n_params``, ``tau_gen``,
-        ``tau_gen_ci``, ``tau_mem`` (None when not reached), ``tau_mem_ci``
-        (``[last step, None]`` when not reached), ``tau_mem_reached``,
-        ``tau_mem_level``, ``f_mem_final``, ``quality_best``, ``stop_steps``,
-        ``stop_epochs``.  Fit: ``slope`` (α), ``slope_ci`` (bootstrap 95 %),
-        ``slope_ci_t``, ``kappa``, ``kappa_ci``, ``kappa_linear`` (median of
-        τ_mem/n, FSW25's κ) and ``fits`` (one per width; the headline
-        ``slope`` is that of the width with the most reached τ_mem, ties to
-        the larger width); ``slope_level``, ``slope_level_ci`` and
-        ``fits_level``: the same fit of the ``"level"`` τ_mem.  Also ``tau_gen_spread`` (max/min τ_gen per width),
-        ``phase_boundary``, ``definitions``, ``quality_metric`` and
-        ``figures`` (name → path).
-    """
-    phase_multiples = [float(k) for k in phase_multiples]
-    if not phase_multiples or not all(math.isfinite(k) and k > 0 for k in phase_multiples):
-        raise DiffmemError(f"phase_multiples must be positive numbers, got {phase_multiples}")
-    sweep_dir, out_dir = Path(sweep_dir), Path(out_dir)
-    paths = [sweep_dir] if (sweep_dir / "config.json").exists() else rd.list_runs(sweep_dir)
-    if not paths:
-        raise DiffmemError(f"no run directories found in {sweep_dir}")
+def render(analysis: Analysis, out_dir: str | Path) -> dict[str, str]:
+    """Draw every figure of ``analysis`` into ``out_dir``; returns name -> path."""
+    out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    per_run_ref = "best" if tau_gen_reference == "common" else tau_gen_reference
-    runs = [load_run(p, quality_metric, rel_tol, smooth, tau_mem_method, persist, level, per_run_ref) for p in paths]
-    runs.sort(key=lambda r: (r.width is None, r.width or 0, r.n, r.seed if r.seed is not None else 0))
-    if tau_gen_reference == "common":
-        _common_tau_gen(runs, rel_tol, smooth)
-
-    fits = _fit_by_width(runs, "tau_mem", n_boot, seed)
-    fits_level = _fit_by_width(runs, "tau_mem_level", n_boot, seed)
-    head_w, head = _headline(fits)
-    _, head_level = _headline(fits_level)
-
-    # phase boundary at multiples of τ_gen (per width: median τ_gen over its runs)
-    taus: dict[Any, list[float]] = {}
-    for w in _widths(runs):
-        tg = [r.tau_gen.value for r in runs if r.width == w and r.tau_gen is not None]
-        if tg:
-            taus[w] = [k * float(np.median(tg)) for k in phase_multiples]
-    rows = [
-        {"n": r.n, "width": r.width, "p": r.n_params, "steps": r.f_mem[0], "f_mem": r.f_mem[1]}
-        for r in runs if r.f_mem is not None and r.width in taus
-    ]
-    boundary = phase_boundary(rows, taus)
-    for b in boundary:
-        b["multiple"] = phase_multiples[taus[b["width"]].index(b["tau"])] if b["tau"] in taus[b["width"]] else None
-
-    figures = {
+    runs = analysis.runs
+    return {
         "quality": str(plot_quality(runs, out_dir / "quality.png")),
         "f_mem": str(plot_fmem(runs, out_dir / "fmem.png")),
         "collapse": str(plot_collapse(runs, out_dir / "collapse.png")),
-        "timescales": str(plot_timescales(runs, fits, out_dir / "timescales.png")),
+        "timescales": str(plot_timescales(runs, analysis.fits, out_dir / "timescales.png")),
         "losses": str(plot_losses(runs, out_dir / "losses.png")),
-        "phase_diagram": str(plot_phase_diagram(boundary, out_dir / "phase_diagram.png")),
+        "phase_diagram": str(plot_phase_diagram(analysis.boundary, out_dir / "phase_diagram.png")),
     }
 
-    reached = [r for r in runs if r.tau_mem is not None and r.tau_mem.reached]
-    kappa_lin = float(np.median([r.tau_mem.value / r.n for r in reached])) if reached else None
-    stops = [
-        stopping_time(kappa_lin, r.n, alpha_frac, r.batch_size) if kappa_lin else {"steps": None, "epochs": None}
-        for r in runs
-    ]
-    spread = {}
-    for w in _widths(runs):
-        tg = [r.tau_gen.value for r in runs if r.width == w and r.tau_gen is not None and r.tau_gen.value > 0]
-        if tg:
-            spread[str(w)] = max(tg) / min(tg)
 
-    def est(e: Estimate | None, attr: str):
-        return None if e is None else _fin(getattr(e, attr))
+def make_report(source: str | Path, out_dir: str | Path, definitions: TauDefinitions | None = None,
+                write_summary: bool = True, **kw) -> dict[str, Any]:
+    """Analyse ``source`` (a sweep directory) and write its figures and ``summary.json`` into ``out_dir``.
 
-    summary: dict[str, Any] = {
-        "sweep_dir": str(sweep_dir),
-        "runs": [str(r.path) for r in runs],
-        "n": [r.n for r in runs],
-        "width": [r.width for r in runs],
-        "seed": [r.seed for r in runs],
-        "n_params": [r.n_params for r in runs],
-        "tau_gen": [est(r.tau_gen, "value") for r in runs],
-        "tau_gen_ci": [[est(r.tau_gen, "low"), est(r.tau_gen, "high")] for r in runs],
-        "tau_mem": [est(r.tau_mem, "value") for r in runs],
-        "tau_mem_ci": [[est(r.tau_mem, "low"), est(r.tau_mem, "high")] for r in runs],
-        "tau_mem_reached": [bool(r.tau_mem is not None and r.tau_mem.reached) for r in runs],
-        "tau_mem_level": [est(r.tau_mem_level, "value") for r in runs],
-        "f_mem_final": [None if r.f_mem is None else _fin(r.f_mem[1][-1]) for r in runs],
-        "quality_best": [None if r.tau_gen is None else _fin(r.tau_gen.details["best"]) for r in runs],
-        "slope": _fin(head.get("alpha")),
-        "slope_ci": [_fin(x) for x in head.get("alpha_ci", [None, None])],
-        "slope_ci_t": [_fin(x) for x in head.get("alpha_ci_t", [None, None])],
-        "kappa": _fin(head.get("kappa")),
-        "kappa_ci": [_fin(x) for x in head.get("kappa_ci", [None, None])],
-        "kappa_linear": kappa_lin,
-        "fit_width": head_w,
-        "fits": {str(w): _json_fit(f) for w, f in fits.items()},
-        "slope_level": _fin(head_level.get("alpha")),
-        "slope_level_ci": [_fin(x) for x in head_level.get("alpha_ci", [None, None])],
-        "fits_level": {str(w): _json_fit(f) for w, f in fits_level.items()},
-        "tau_gen_spread": spread,
-        "stop_steps": [_fin(s["steps"]) if s["steps"] is not None else None for s in stops],
-        "stop_epochs": [_fin(s["epochs"]) if s["epochs"] is not None else None for s in stops],
-        "alpha_frac": alpha_frac,
-        "phase_boundary": [{k: v for k, v in b.items()} for b in boundary],
-        "phase_multiples": phase_multiples,
-        "quality_metric": runs[0].quality_metric,
-        "definitions": {
-            "tau_gen": runs[0].tau_gen.method if runs[0].tau_gen else None,
-            "tau_mem": next((r.tau_mem.method for r in runs if r.tau_mem is not None), None),
-            "tau_mem_level": next((r.tau_mem_level.method for r in runs if r.tau_mem_level is not None), None),
-            "fit": head.get("method"),
-            "stop": f"FSW25: stop at {alpha_frac:g} * kappa_linear * n steps",
-        },
-        "figures": figures,
-    }
+    ``definitions`` (or its fields as keywords, e.g. ``quality_metric=...``,
+    ``tau_gen_reference="common"``, ``phase_multiples=(10, 30, 100)``) define
+    the timescales (:class:`~diffmem.analysis.TauDefinitions`).  Returns the
+    summary (:meth:`Analysis.summary` plus ``figures``).
+    """
+    if definitions is not None and kw:
+        raise TypeError("give definitions or its fields as keywords, not both")
+    analysis = analyse(source, definitions or TauDefinitions(**kw))
+    out_dir = Path(out_dir)
+    if analysis.runs and any(Path(out_dir).resolve() == r.path.resolve() for r in analysis.runs):
+        raise ValueError("the report folder must not be a run directory")
+    summary = analysis.summary()
+    summary["figures"] = render(analysis, out_dir)
     if write_summary:
-        _atomic_json(summary, out_dir / "summary.json")
+        atomic_write_json(out_dir / "summary.json", summary)
     return summary
+
+
+def summary_table(summary: dict) -> str:
+    """A short plain-text table of a summary (what ``diffmem report`` prints)."""
+
+    def f(x, fmt="{:.4g}"):
+        return "-" if x is None else fmt.format(x)
+
+    lines = [f"{'width':>6} {'n':>7} {'seed':>5} {'tau_gen':>9} {'tau_mem':>9} {'tau_mem 95% CI':>21} "
+             f"{'f_mem end':>9}"]
+    for i in range(len(summary["n"])):
+        lo, hi = summary["tau_mem_ci"][i]
+        ci = f"[{f(lo)}, {f(hi) if hi is not None else 'inf'}]"
+        tm = f(summary["tau_mem"][i]) if summary["tau_mem_reached"][i] else f"> {f(lo)}"
+        lines.append(f"{f(summary['width'][i], '{}'):>6} {summary['n'][i]:>7} {f(summary['seed'][i], '{}'):>5} "
+                     f"{f(summary['tau_gen'][i]):>9} {tm:>9} {ci:>21} {f(summary['f_mem_final'][i], '{:.3f}'):>9}")
+    if summary.get("slope") is not None:
+        lo, hi = summary["slope_ci"]
+        lines.append(f"fit tau_mem = kappa n^alpha (width {summary['fit_width']}): alpha = {summary['slope']:.3f} "
+                     f"[{f(lo, '{:.3f}')}, {f(hi, '{:.3f}')}], kappa = {f(summary['kappa'])}")
+    else:
+        lines.append("fit tau_mem = kappa n^alpha: not enough reached tau_mem (need 2 distinct n)")
+    lines.append(f"quality metric for tau_gen: {summary['quality_metric']}; tau_gen spread per width: "
+                 + ", ".join(f"W={w}: {v:.2f}x" for w, v in summary["tau_gen_spread"].items()))
+    return "\n".join(lines)

@@ -34,7 +34,7 @@ from typing import Any, Iterable
 import numpy as np
 
 from .errors import DiffmemError
-from .fileio import atomic_write, atomic_write_json, atomic_write_text
+from .fileio import atomic_write, atomic_write_json, atomic_write_npy, atomic_write_text
 
 __all__ = [
     "Run",
@@ -313,13 +313,7 @@ class Run:
     def save_samples(self, step: int, x: np.ndarray) -> Path:
         path = self.samples_path(step)
         path.parent.mkdir(parents=True, exist_ok=True)
-        arr = np.asarray(x, dtype=np.float32)
-
-        def write(p: Path) -> None:
-            with p.open("wb") as f:
-                np.save(f, arr)
-
-        return atomic_write(path, write)
+        return atomic_write_npy(path, np.asarray(x, dtype=np.float32))
 
     def sample_steps(self) -> list[int]:
         d = self.path / self.SAMPLES

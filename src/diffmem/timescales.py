@@ -45,6 +45,7 @@ from .errors import DiffmemError
 __all__ = [
     "Estimate",
     "running_median",
+    "parametric_noise",
     "tau_gen",
     "tau_mem",
     "fit_power_law",
@@ -122,6 +123,17 @@ def running_median(x: np.ndarray, window: int) -> np.ndarray:
             stack = np.stack([x[..., idx + d] for d in range(-r, r + 1)], axis=-1)
             out[..., idx] = np.nanmedian(stack, axis=-1)
     return out
+
+
+def parametric_noise(errors: np.ndarray, n_boot: int, seed: int) -> np.ndarray:
+    """The one bootstrap helper of the estimators: perturbations ``errors · N(0, 1)`` [n_boot, K].
+
+    Row b is replicate b's perturbation of a curve whose points have standard
+    errors ``errors [K]`` (NaN counts as 0).  Drawn from ``default_rng(seed)``
+    in one call, so a replicate's draws do not depend on how many are taken.
+    """
+    e = np.nan_to_num(np.asarray(errors, dtype=np.float64), nan=0.0)
+    return e * np.random.default_rng(seed).standard_normal((int(n_boot), e.size))
 
 
 def _bracket(s: np.ndarray, i: int) -> tuple[float, float]:
@@ -241,10 +253,7 @@ def tau_gen(
     if reference == "target":
         method = f"tau_gen: first checkpoint with median{smooth}(q) <= {float(target):.6g} (common level)"
     if err is not None and n_boot > 0 and np.any(np.nan_to_num(err) > 0):
-        rng = np.random.default_rng(seed)
-        e = np.nan_to_num(err, nan=0.0)
-        idx = _first_within(q + e * rng.standard_normal((n_boot, q.size)), rel_tol, abs_tol, smooth, reference,
-                            target)
+        idx = _first_within(q + parametric_noise(err, n_boot, seed), rel_tol, abs_tol, smooth, reference, target)
         idx = np.where(idx < 0, q.size - 1, idx)
         bs = s[idx]
         b_lo, b_hi = np.percentile(bs, [2.5, 97.5])
@@ -374,11 +383,8 @@ def tau_mem(
         if se_b is None and cl is not None:  # only the lower bound known: symmetric approximation
             se_b = np.maximum(f - np.nan_to_num(cl, nan=0.0), 0.0) / z
         if se_b is not None and n_boot > 0:
-            rng = np.random.default_rng(seed)
-            e = np.nan_to_num(se_b, nan=0.0)
             hits = []
-            for _ in range(n_boot):
-                noise = e * rng.standard_normal(f.size)
+            for noise in parametric_noise(se_b, n_boot, seed):
                 fb = np.clip(f + noise, 0.0, 1.0)
                 sb, _ = _significant(fb, None if cl is None else cl + noise, None if cl is not None else se, z,
                                      threshold)
@@ -407,11 +413,9 @@ def tau_mem(
         if se is None and cl is not None:  # only the lower bound known: symmetric approximation
             se = np.maximum(f - np.nan_to_num(cl, nan=0.0), 0.0) / z
         if se is not None and n_boot > 0:
-            rng = np.random.default_rng(seed)
-            e = np.nan_to_num(se, nan=0.0)
             vals = []
-            for _ in range(n_boot):
-                fb = np.clip(f + e * rng.standard_normal(f.size), 0.0, 1.0)
+            for noise in parametric_noise(se, n_boot, seed):
+                fb = np.clip(f + noise, 0.0, 1.0)
                 if fb[-1] <= 0:
                     continue
                 c = _level_cross(s, fb / fb[-1], level)
@@ -619,7 +623,9 @@ def phase_boundary(
 
     Returns:
         list of ``{"width", "p", "tau", "n_star", "n_tested", "status"}``;
-        ``n_star`` is None when no tested n has f_mem(τ) = 0 (``status =
+        ``status = "found"`` when the boundary lies between two tested n,
+        ``"at_or_below"`` when already the smallest tested n has f_mem(τ) = 0
+        (``n_star`` is then only an upper bound); ``n_star`` is None when no tested n has f_mem(τ) = 0 (``status =
         "all_memorise"``: the boundary lies beyond the largest n) or no run
         was trained up to τ (``status = "not_trained"``).
     """
@@ -646,6 +652,9 @@ def phase_boundary(
                     n_star = ns[j]
             else:
                 n_star = next((k for k, z0 in zip(ns, zero) if z0), None)
-            status = "found" if n_star is not None else ("all_memorise" if ns else "not_trained")
+            if n_star is None:
+                status = "all_memorise" if ns else "not_trained"
+            else:  # the smallest tested n already at 0: the boundary is at or below it, not found
+                status = "at_or_below" if n_star == ns[0] else "found"
             out.append({"width": w, "p": p, "tau": float(tau), "n_star": n_star, "n_tested": ns, "status": status})
     return out

@@ -13,7 +13,7 @@ name            kind        options (default)                      what
 ``mlp``         network     width (128), blocks (3)                :class:`MLP`; any shape (flattened)
 ``gmm``         network     width (128), blocks (3)                BUBM25's GMM network (102,024 params at d = 8)
 ``unet``        network     width (32), blocks (2), dropout (0.1)  :class:`UNet`, mults (1,2,4), attention (0,1,1)
-``bubm25``      network     width (32), dropout (0.1)              the BUBM25 U-Net: ``3910 W² + 606 W + 1`` params
+``bubm25``      network     width (32)                             the BUBM25 U-Net (dropout 0.1): ``3910 W² + 606 W + 1``
 ``empirical``   closed      --                                     posterior mean of the n training points
 ``gaussian``    closed      --                                     exact denoiser of the training set's Gaussian fit
 ``exact``       closed      --                                     the data distribution's exact denoiser (``gmm:``)
@@ -58,9 +58,9 @@ def _image_shape(shape):
     return tuple(shape)
 
 
-def _unet(shape, width, blocks, dropout):
-    return UNet(_image_shape(shape), width=width, mults=(1, 2, 4), attn=(False, True, True), blocks=blocks,
-                dropout=dropout, groups=8, heads=4)
+def _unet(shape, width, blocks, dropout, mults=(1, 2, 4), attn=(False, True, True), groups=8, heads=4):
+    return UNet(_image_shape(shape), width=width, mults=tuple(mults), attn=tuple(attn), blocks=blocks,
+                dropout=dropout, groups=groups, heads=heads)
 
 
 def _empirical(shape, data, train_set):
@@ -88,9 +88,10 @@ MODELS: dict[str, ModelSpec] = {
                      {"width": 128, "blocks": 3}, "MLP noise predictor on flattened input"),
     "gmm": ModelSpec("gmm", "network", lambda shape, width, blocks: MLP(shape, width=width, blocks=blocks),
                      {"width": 128, "blocks": 3}, "BUBM25's Gaussian-mixture network (an MLP)"),
-    "unet": ModelSpec("unet", "network", _unet, {"width": 32, "blocks": 2, "dropout": 0.1}, "U-Net"),
-    "bubm25": ModelSpec("bubm25", "network", lambda shape, width, dropout: _unet(shape, width, 2, dropout),
-                        {"width": 32, "dropout": 0.1}, "the BUBM25 U-Net"),
+    "unet": ModelSpec("unet", "network", _unet, {"width": 32, "blocks": 2, "dropout": 0.1, "mults": (1, 2, 4),
+                                                 "attn": (False, True, True), "groups": 8, "heads": 4}, "U-Net"),
+    "bubm25": ModelSpec("bubm25", "network", lambda shape, width: _unet(shape, width, 2, 0.1),
+                        {"width": 32}, "the BUBM25 U-Net (dropout 0.1, fixed)"),
     "empirical": ModelSpec("empirical", "closed_form", _empirical, {}, "empirical posterior mean (memorises)"),
     "gaussian": ModelSpec("gaussian", "closed_form", _gaussian, {}, "Gaussian fit of the training set"),
     "exact": ModelSpec("exact", "closed_form", _exact, {}, "exact denoiser of the data distribution"),
@@ -131,7 +132,8 @@ def check_model_config(cfg, given: set[str] = frozenset()) -> None:
 def resolved_options(model_cfg) -> dict:
     """The backbone options in effect: the model's defaults, overridden by the config's values."""
     spec = _spec(model_cfg.name)
-    return {k: (getattr(model_cfg, k) if getattr(model_cfg, k) is not None else d) for k, d in spec.defaults.items()}
+    return {k: (getattr(model_cfg, k, None) if getattr(model_cfg, k, None) is not None else d)
+            for k, d in spec.defaults.items()}
 
 
 def build_model(model_cfg, shape: tuple, data=None, train_set: torch.Tensor | None = None):
