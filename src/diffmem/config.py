@@ -186,36 +186,39 @@ def check_device(dev: str) -> None:
         raise DiffmemError("device 'mps' requested but MPS is not available on this machine; use device=cpu")
 
 
+class _Text(str):
+    """A value typed on the command line: text to be parsed (a TOML value is already typed)."""
+
+
 def _typed(value: Any, f: dataclasses.Field, key: str) -> Any:
-    """Convert ``value`` (native, or text from the command line) to the declared type of ``f``."""
+    """Convert ``value`` (native, or :class:`_Text` from the command line) to the declared type of ``f``."""
     t, optional = f.metadata.get("type", str), f.metadata.get("optional", False)
-    if value is None or (optional and isinstance(value, str) and value.lower() in ("none", "null")):
+    if value is None or (optional and isinstance(value, _Text) and value.lower() in ("none", "null")):
         if optional:
             return None
         raise DiffmemError(f"config key {key!r} must not be empty")
     if isinstance(t, list):
-        items = value.split(",") if isinstance(value, str) else value
+        items = [_Text(v.strip()) for v in value.split(",") if v.strip()] if isinstance(value, _Text) else value
         if not isinstance(items, (list, tuple)):
             items = [items]
         sub = dataclasses.field(metadata={"type": t[0]})
-        return [_typed(v.strip() if isinstance(v, str) else v, sub, key) for v in items
-                if not (isinstance(v, str) and not v.strip())]
+        return [_typed(v, sub, key) for v in items]
     want = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}[t]
     bad = DiffmemError(f"config key {key!r} must be {want}, got {value!r}")
     if t is bool:
         if isinstance(value, bool):
             return value
-        if isinstance(value, str) and value.lower() in ("1", "true", "yes", "on", "0", "false", "no", "off"):
+        if isinstance(value, _Text) and value.lower() in ("1", "true", "yes", "on", "0", "false", "no", "off"):
             return value.lower() in ("1", "true", "yes", "on")
         raise bad
     if t is str:
         if not isinstance(value, str):
             raise bad
         return value
-    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+    if isinstance(value, bool) or not isinstance(value, (int, float, _Text)):
         raise bad
     try:
-        x = float(value) if isinstance(value, str) else value
+        x = float(value) if isinstance(value, _Text) else value
     except ValueError:
         raise bad from None
     if isinstance(x, float) and not math.isfinite(x):
@@ -280,7 +283,7 @@ def apply_overrides(d: dict, overrides: list[str]) -> dict:
         if parts[-1] not in {f.name for f in fields(cls)} or dataclasses.is_dataclass(
                 getattr(cls(), parts[-1], None)):
             raise DiffmemError(f"unknown config key {key.strip()!r}")
-        node[parts[-1]] = text
+        node[parts[-1]] = _Text(text)
     return d
 
 

@@ -80,10 +80,8 @@ def cmd_spectrum(args) -> int:
     res = spectrum(args.psi_p, args.psi_n, args.t, sigma_spectrum=spec, sigma_weights=w, n_lambda=args.n_lambda,
                    act=args.activation)
     eig = None
-    obj = {k: res[k] for k in ("lambda", "density", "bulks", "delta_mass") if k in res}
-    for k in ("delta_position", "theorem32_edges", "regime", "warnings"):
-        if k in res:
-            obj[k] = res[k]
+    keys = ("lambda", "density", "bulks", "delta_mass", "delta_position", "theorem32_edges", "regime", "warnings")
+    obj = {k: res[k] for k in keys if k in res}
     if args.d:
         from .rf import ge_U_eigenvalues, make_problem
 
