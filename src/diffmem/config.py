@@ -148,9 +148,9 @@ class RunConfig:
         return _from_dict(cls, d, "")
 
     def validate(self, given: set[str] | None = None) -> "RunConfig":
-        """Check ranges and combinations.  ``given``: the dotted keys the user set (preset, TOML,
-        overrides); an option that the chosen model or optimiser does not use is an error only
-        when it was given, never for a default."""
+        """Check ranges and combinations.  ``given``: the dotted keys the user set (TOML, overrides,
+        the preset's model options); an option that the chosen model or optimiser does not use is an
+        error when it was given, never for a default or another part of a preset."""
         _check_ranges(self, "")
         given = set(given or ())
         if self.device != "cpu":
@@ -367,8 +367,10 @@ def resolve_config(preset: str | None = None, toml_path: str | Path | None = Non
     if user_model is not None and "model" in base and base["model"].get("name") != user_model:
         base = {k: v for k, v in base.items() if k != "model"}
     d = _merge(base, user)
+    # what the user asked for: their keys, and the preset's model options when its model is kept
+    given = _keys(user) | {k for k in _keys(base) if k.startswith("model.")}
     if d.get("data", "") is None:
         raise DiffmemError(f"preset {preset!r} has no data of its own: give data=PATH (a local image folder "
                            "or .npy/.npz array)")
     cfg = RunConfig.from_dict(d)
-    return cfg.validate(given=_keys(d))
+    return cfg.validate(given=given)
