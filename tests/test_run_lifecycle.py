@@ -305,3 +305,48 @@ def test_load_state_refuses_non_state(tmp_path):
     torch.save([1, 2, 3], r.state_path)
     with pytest.raises(DiffmemError, match="not a diffmem state file"):
         r.load_state()
+
+
+def test_messages_show_plain_numbers():
+    from diffmem.cli import _plain
+
+    assert _plain("got np.float64(-5.0) and np.int64(3)\nsecond line") == "got -5.0 and 3 second line"
+
+
+def test_small_sample_fd_warning_once_per_size():
+    import warnings
+
+    from diffmem.metrics.quality import GaussianStats, frechet_distance
+
+    rng = np.random.default_rng(0)
+    ref = GaussianStats.from_features(rng.normal(size=(500, 40)))
+    with warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter("always")
+        for _ in range(3):
+            frechet_distance(GaussianStats.from_features(rng.normal(size=(17, 40))), ref)
+    assert sum("rank-deficient" in str(x.message) for x in w) == 1
+
+
+def test_phase_boundary_at_the_smallest_n_is_a_bound():
+    from diffmem.timescales import phase_boundary
+
+    rows = [{"n": n, "width": 8, "steps": np.array([0, 100]), "f_mem": np.array([0.0, f])}
+            for n, f in ((16, 0.0), (32, 0.0))]
+    assert phase_boundary(rows, [100])[0]["status"] == "at_or_below"
+    rows[0]["f_mem"] = np.array([0.0, 0.4])
+    b = phase_boundary(rows, [100])[0]
+    assert b["status"] == "found" and b["n_star"] == 32
+
+
+def test_tau_gen_sits_on_the_drawn_curve(run):
+    """The quality figure draws the running median that τ_gen is read from."""
+    from diffmem.analysis import TauDefinitions, analyse
+    from diffmem.timescales import running_median
+
+    a = analyse([run.path], TauDefinitions(quality_metric="quality/fd_pixel"))
+    r = a.runs[0]
+    s, q, _ = r.quality
+    np.testing.assert_array_equal(r.quality_smooth, running_median(q, 3))
+    i = int(np.flatnonzero(s == r.tau_gen.value)[0])
+    assert r.quality_smooth[i] <= r.tau_gen.details["threshold"]
+    assert i == 0 or r.quality_smooth[i - 1] > r.tau_gen.details["threshold"]

@@ -289,13 +289,21 @@ def _parse(parser: argparse.ArgumentParser, argv):
     return args
 
 
+def _plain(message: str) -> str:
+    """One line, numbers as a user wrote them (``np.float64(-5.0)`` -> ``-5.0``)."""
+    import re
+
+    message = re.sub(r"np\.(?:float|int|uint)\d*\(([^()]*)\)", r"\1", message)
+    return " ".join(message.split())
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = _parse(parser, argv)
     try:
         return int(args.func(args) or 0)
     except DiffmemError as e:
-        print(f"diffmem: error: {e}", file=sys.stderr)
+        print(f"diffmem: error: {_plain(str(e))}", file=sys.stderr)
         return 2
     except BrokenPipeError:  # e.g. `diffmem presets --full | head`
         import os

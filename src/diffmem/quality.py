@@ -112,7 +112,6 @@ class QualityReference:
         self.kid_subsets, self.kid_subset_size, self.seed = kid_subsets, kid_subset_size, seed
         self._inception, self.device = inception, torch.device(device)
         self._cache: dict = {}
-        self._calls = 0
 
     @staticmethod
     def check(cfg, ds) -> None:
@@ -200,27 +199,23 @@ class QualityReference:
         if samples.shape[0] < 2:
             return {n: (math.nan, None) for n in names}
         feats = None
-        self._calls += 1
-        with warnings.catch_warnings():
-            if self._calls > 1:  # the small-sample warning once per reference, not at every checkpoint
-                warnings.filterwarnings("ignore", message="Fréchet distance from")
-            for name in names:
-                if name == "fd_pixel":
-                    out[name] = (frechet_distance(GaussianStats.from_features(self._flat(samples)),
-                                                  self._ref("pixel")), None)
-                elif name in ("fd_feat", "kid"):
-                    ref_f, ref_s = self._ref("feat")
-                    if feats is None:
-                        feats = extract_features(self._need_net(), samples)
-                    if name == "fd_feat":
-                        out[name] = (frechet_distance(GaussianStats.from_features(feats), ref_s), None)
-                    else:
-                        # subsets of at most half of each set, so that the spread over subsets is a
-                        # real subsampling spread (a subset as large as the set is the set itself)
-                        m = max(2, min(self.kid_subset_size, len(feats) // 2, len(ref_f) // 2))
-                        out[name] = kid(feats, ref_f, self.kid_subsets, m, self.seed)
-                elif name == "fid":
-                    ref = self._ref("fid")
-                    f = inception_features(self._need_inception(), self._unit(samples))
-                    out[name] = (frechet_distance(GaussianStats.from_features(f), ref), None)
+        for name in names:
+            if name == "fd_pixel":
+                out[name] = (frechet_distance(GaussianStats.from_features(self._flat(samples)),
+                                              self._ref("pixel")), None)
+            elif name in ("fd_feat", "kid"):
+                ref_f, ref_s = self._ref("feat")
+                if feats is None:
+                    feats = extract_features(self._need_net(), samples)
+                if name == "fd_feat":
+                    out[name] = (frechet_distance(GaussianStats.from_features(feats), ref_s), None)
+                else:
+                    # subsets of at most half of each set, so that the spread over subsets is a
+                    # real subsampling spread (a subset as large as the set is the set itself)
+                    m = max(2, min(self.kid_subset_size, len(feats) // 2, len(ref_f) // 2))
+                    out[name] = kid(feats, ref_f, self.kid_subsets, m, self.seed)
+            elif name == "fid":
+                ref = self._ref("fid")
+                f = inception_features(self._need_inception(), self._unit(samples))
+                out[name] = (frechet_distance(GaussianStats.from_features(f), ref), None)
         return out

@@ -111,6 +111,9 @@ def gaussian_stats(x) -> GaussianStats:
     return GaussianStats.from_features(x)
 
 
+_WARNED: set = set()
+
+
 def frechet_distance(a, b, cov_a=None, cov_b=None) -> float:
     """Fréchet (2-Wasserstein²) distance between two Gaussians.
 
@@ -122,7 +125,8 @@ def frechet_distance(a, b, cov_a=None, cov_b=None) -> float:
     if a.dim != b.dim:
         raise DiffmemError(f"Fréchet distance between {a.dim}- and {b.dim}-dimensional statistics")
     for s in (a, b):
-        if 0 < s.n < s.dim + 1:
+        if 0 < s.n < s.dim + 1 and (s.n, s.dim) not in _WARNED:  # once per process and size, not per run
+            _WARNED.add((s.n, s.dim))
             warnings.warn(f"Fréchet distance from {s.n} points in {s.dim} dimensions: the covariance is "
                           "rank-deficient and the estimate is biased (use more samples)", stacklevel=2)
             break
