@@ -77,6 +77,17 @@ def _ab(sigma: float) -> float:
     return 1.0 / (1.0 + sigma * sigma)
 
 
+def _vp_predict(den: Denoiser, x: Tensor, sigma: float, k: int, callback: Callback):
+    """Denoise a VP state ``x`` at VE level σ: returns ``(ᾱ, x̂0, ε̂)`` (and shows the step to ``callback``)."""
+    ab = _ab(sigma)
+    s = _full(x, sigma)
+    x_ve = x / np.sqrt(ab)
+    x0 = den(x_ve, s)
+    if callback is not None:
+        callback(k, x_ve, x0, s)
+    return ab, x0, (x_ve - x0) / sigma
+
+
 @torch.no_grad()
 def ddpm_ancestral(den: Denoiser, z: Tensor, sigmas, noise: PerSampleNoise | None = None,
                    callback: Callback = None) -> Tensor:
@@ -91,15 +102,8 @@ def ddpm_ancestral(den: Denoiser, z: Tensor, sigmas, noise: PerSampleNoise | Non
     sg = _grid(sigmas)
     x = z
     for k in range(len(sg) - 1):
-        s_i, s_j = float(sg[k]), float(sg[k + 1])
-        ab_i, ab_j = _ab(s_i), _ab(s_j)
-        s = _full(x, s_i)
-        x_ve = x / np.sqrt(ab_i)
-        d = den(x_ve, s)
-        eps = (x_ve - d) / s_i
-        if callback is not None:
-            callback(k, x_ve, d, s)
-        beta = 1.0 - ab_i / ab_j
+        ab_i, _, eps = _vp_predict(den, x, float(sg[k]), k, callback)
+        beta = 1.0 - ab_i / _ab(float(sg[k + 1]))
         x = (x - beta / np.sqrt(1 - ab_i) * eps) / np.sqrt(1 - beta)
         if k < len(sg) - 2:
             x = x + np.sqrt(beta) * noise.randn(x.shape[1:], x.dtype, x.device)
@@ -115,14 +119,8 @@ def ddim(den: Denoiser, z: Tensor, sigmas, noise: PerSampleNoise | None = None, 
     sg = _grid(sigmas)
     x = z
     for k in range(len(sg) - 1):
-        s_i = float(sg[k])
-        ab_i, ab_prev = _ab(s_i), _ab(float(sg[k + 1]))
-        s = _full(x, s_i)
-        x_ve = x / np.sqrt(ab_i)
-        x0 = den(x_ve, s)
-        eps = (x_ve - x0) / s_i
-        if callback is not None:
-            callback(k, x_ve, x0, s)
+        ab_i, x0, eps = _vp_predict(den, x, float(sg[k]), k, callback)
+        ab_prev = _ab(float(sg[k + 1]))
         if ab_prev >= 1.0:
             return x0
         sd = eta * np.sqrt((1 - ab_prev) / (1 - ab_i) * (1 - ab_i / ab_prev))

@@ -276,6 +276,13 @@ def _significant(f, ci_low, stderr, z, threshold) -> tuple[np.ndarray, str]:
     return np.nan_to_num(f, nan=-np.inf) > threshold, f"f > {threshold:g}"
 
 
+def _stderr_or_from_bound(f, stderr, ci_low, z):
+    """The standard errors, or (only the lower bound known) the symmetric approximation ``(f − low)/z``."""
+    if stderr is None and ci_low is not None:
+        return np.maximum(f - np.nan_to_num(ci_low, nan=0.0), 0.0) / z
+    return stderr
+
+
 def _first_persistent(sig: np.ndarray, persist: int) -> int | None:
     """First index starting a run of ``persist`` True values (a run reaching
     the last checkpoint counts even if shorter)."""
@@ -379,9 +386,7 @@ def tau_mem(
         lo, hi = _bracket(s, i)
         details = {"bracket": [lo, hi], "test": test, "persist": persist,
                    "truncated_by_end": bool(s.size - i < persist)}
-        se_b = se
-        if se_b is None and cl is not None:  # only the lower bound known: symmetric approximation
-            se_b = np.maximum(f - np.nan_to_num(cl, nan=0.0), 0.0) / z
+        se_b = _stderr_or_from_bound(f, se, cl, z)
         if se_b is not None and n_boot > 0:
             hits = []
             for noise in parametric_noise(se_b, n_boot, seed):
@@ -410,8 +415,7 @@ def tau_mem(
         val, i = cross
         lo, hi = _bracket(s, i)
         details: dict[str, Any] = {"bracket": [lo, hi], "level": level, "f_ref": float(f[-1]), "test": test}
-        if se is None and cl is not None:  # only the lower bound known: symmetric approximation
-            se = np.maximum(f - np.nan_to_num(cl, nan=0.0), 0.0) / z
+        se = _stderr_or_from_bound(f, se, cl, z)
         if se is not None and n_boot > 0:
             vals = []
             for noise in parametric_noise(se, n_boot, seed):
