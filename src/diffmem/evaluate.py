@@ -31,7 +31,7 @@ import torch
 from .errors import DiffmemError
 from .losses import dsm_loss
 from .metrics.memorization import memorization_fraction
-from .rundir import Run
+from .rundir import Run, append_jsonl
 from .samplers import generate
 from .schedules import ou_t_to_sigma
 
@@ -145,7 +145,6 @@ def evaluate_run(run_dir, steps: list[int] | None = None, overrides: list[str] |
     the output folder, every checkpoint file's presence) before the first
     evaluation.  ``on_records(step, records)`` is called after each checkpoint.
     """
-    import json
     from dataclasses import replace
 
     from .config import RunConfig, apply_overrides
@@ -168,7 +167,7 @@ def evaluate_run(run_dir, steps: list[int] | None = None, overrides: list[str] |
         raise DiffmemError(f"run {run.path} has no checkpoint at step {missing[0]}"
                            + (f" (it has {len(available)}, from {available[0]} to {available[-1]})" if available
                               else " (it has none)"))
-    path = Path(out) if out else run.path / "evaluations.jsonl"
+    path = Path(out) if out else run.evaluations_path
     if path.is_dir():
         raise DiffmemError(f"--out {path} is a directory; give a file name")
     if not path.parent.is_dir():
@@ -180,8 +179,7 @@ def evaluate_run(run_dir, steps: list[int] | None = None, overrides: list[str] |
     for st in steps:
         den, _ = run.load_denoiser(st, device=device, dataset=ds)
         r = ev(den, st)
-        with path.open("a") as f:
-            f.write("".join(json.dumps(x) + "\n" for x in r))
+        append_jsonl(path, r)
         recs.extend(r)
         if on_records is not None:
             on_records(st, r)

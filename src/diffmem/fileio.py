@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 from typing import Any, Callable
 
-__all__ = ["atomic_write", "atomic_write_text", "atomic_write_json", "atomic_write_npy"]
+__all__ = ["atomic_write", "atomic_write_text", "atomic_write_json", "atomic_write_npy", "save_figure"]
 
 
 
@@ -62,3 +62,14 @@ def atomic_write_npy(path: str | Path, array) -> Path:
             np.save(f, a, allow_pickle=False)
 
     return atomic_write(path, write)
+
+
+def save_figure(fig, path: str | Path, **savefig_kw) -> Path:
+    """Render a matplotlib figure to PNG in memory, then write it atomically (a reader never sees half a PNG)."""
+    import io
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", **savefig_kw)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return atomic_write(path, lambda p: p.write_bytes(buf.getvalue()))

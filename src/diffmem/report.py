@@ -20,7 +20,6 @@ One panel per model width when a sweep has several.
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -32,7 +31,7 @@ from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter, NullLo
 from matplotlib.transforms import blended_transform_factory
 
 from .analysis import Analysis, RunData, TauDefinitions, analyse
-from .fileio import atomic_write, atomic_write_json
+from .fileio import atomic_write_json, save_figure
 from .timescales import Estimate
 
 __all__ = [
@@ -54,11 +53,7 @@ __all__ = [
 
 def _save(fig: Figure, path: Path) -> Path:
     """Write ``fig`` as PNG atomically (temporary file in the same folder, then rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=120)
-    return atomic_write(path, lambda p: p.write_bytes(buf.getvalue()))
+    return save_figure(fig, path, dpi=120)
 
 
 def _widths(runs: Sequence[RunData]) -> list:

@@ -10,6 +10,7 @@ Layout (no other module builds a file name inside a run)::
                              (plain tensors and numbers only: loaded with ``weights_only=True``)
     RUN/status.json          step reached, cumulative training seconds, finished / stopped-by
     RUN/samples/step_00001234.npy               generated samples (same seeds at every checkpoint)
+    RUN/evaluations.jsonl    re-evaluations by ``diffmem evaluate`` (same format; never mixed into metrics.jsonl)
     RUN/quality_net.safetensors                 the feature net of the quality metrics (if trained here)
 
     SWEEP/sweep.json         {"runs": [{"dir": ..., "n": ..., "width": ..., "seed": ...}, ...]}
@@ -39,6 +40,7 @@ from .fileio import atomic_write, atomic_write_json, atomic_write_npy, atomic_wr
 __all__ = [
     "Run",
     "load_denoiser",
+    "append_jsonl",
     "atomic_write",
     "atomic_write_text",
     "atomic_write_json",
@@ -95,6 +97,7 @@ class Run:
     CONFIG = "config.json"
     SCHEDULE = "schedule.json"
     METRICS = "metrics.jsonl"
+    EVALUATIONS = "evaluations.jsonl"
     STATE = "state.pt"
     STATUS = "status.json"
     CHECKPOINTS = "checkpoints"
@@ -118,6 +121,10 @@ class Run:
     @property
     def metrics_path(self) -> Path:
         return self.path / self.METRICS
+
+    @property
+    def evaluations_path(self) -> Path:
+        return self.path / self.EVALUATIONS
 
     @property
     def state_path(self) -> Path:
@@ -237,10 +244,11 @@ class Run:
 
     def append_metrics(self, records: Iterable[dict]) -> None:
         """Append records, one JSON object per line (the only way metrics are written)."""
-        lines = "".join(json.dumps(r) + "\n" for r in records)
-        if lines:
-            with self.metrics_path.open("a") as f:
-                f.write(lines)
+        append_jsonl(self.metrics_path, records)
+
+    def read_evaluations(self) -> list[dict]:
+        """Records of later re-evaluations (``diffmem evaluate``), kept apart from the training metrics."""
+        return _read_jsonl(self.evaluations_path)
 
     def truncate_metrics(self, last_step: int) -> None:
         """Keep only complete metric lines with ``step <= last_step`` (after a kill)."""
@@ -345,7 +353,18 @@ def read_metrics(run_dir: str | Path) -> list[dict]:
     A malformed line anywhere else is an error (the file is append-only, so
     only the last line can be partial).  A missing file gives ``[]``.
     """
-    path = Path(run_dir) / Run.METRICS
+    return _read_jsonl(Path(run_dir) / Run.METRICS)
+
+
+def append_jsonl(path: str | Path, records: Iterable[dict]) -> None:
+    """Append records to a JSON-lines file in one write (metrics, evaluations)."""
+    lines = "".join(json.dumps(r) + "\n" for r in records)
+    if lines:
+        with Path(path).open("a") as f:
+            f.write(lines)
+
+
+def _read_jsonl(path: Path) -> list[dict]:
     if not path.exists():
         return []
     lines = path.read_text().splitlines()

@@ -56,6 +56,7 @@ from typing import Sequence
 import numpy as np
 
 from ..errors import DiffmemError
+from ..fileio import save_figure
 from .rf import RFProblem, gaussian_equivalent, make_problem
 
 __all__ = [
@@ -579,6 +580,6 @@ def plot_curves(result, path, sim: dict | Sequence[dict] | None = None) -> str:
     axes[0].set_ylabel("loss (per dimension)")
     axes[2].legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    save_figure(fig, path, dpi=120)
     plt.close(fig)
     return str(path)

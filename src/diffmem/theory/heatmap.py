@@ -21,6 +21,7 @@ from typing import Sequence
 import numpy as np
 
 from ..errors import DiffmemError
+from ..fileio import save_figure
 from .constants import rf_constants
 from .curves import learning_curves, predicted_timescales
 from .rf import make_problem
@@ -134,6 +135,6 @@ def plot_heatmap(result: dict, path) -> str:
             ax.text(j, i, f"{lt[i, j]:.1f}", ha="center", va="center", fontsize=6, color="w")
     decorate(ax, im, "log10 predicted τ_mem")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    save_figure(fig, path, dpi=120)
     plt.close(fig)
     return str(path)

@@ -65,6 +65,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from ..errors import DiffmemError
+from ..fileio import save_figure
 from .constants import Constants, rf_constants
 
 __all__ = [
@@ -936,7 +937,7 @@ def plot_spectrum(result: dict, path, eigenvalues=None, title: str | None = None
         ax.tick_params(labelsize=7)
         if j == 0:
             ax.set_ylabel("ρ(λ)")
-    fig.savefig(path, dpi=110, bbox_inches="tight")
+    save_figure(fig, path, dpi=110, bbox_inches="tight")
     plt.close(fig)
     return path
 
