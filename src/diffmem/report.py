@@ -68,6 +68,13 @@ def _panels(runs: Sequence[RunData], title: str, panel_w: float = 5.0, h: float 
     return fig, dict(zip(widths, axes))
 
 
+def _curves(runs: Sequence[RunData], title: str):
+    """One panel per width, and ``(run, axis, colour, label)`` for each run, smallest n first."""
+    fig, axes = _panels(runs, title)
+    color, many = _n_colors(runs), _many_seeds(runs)
+    return fig, axes, [(r, axes[r.width], color(r.n), _label(r, many)) for r in sorted(runs, key=lambda r: r.n)]
+
+
 def _n_colors(runs: Sequence[RunData]):
     ns = [r.n for r in runs]
     lo, hi = min(ns), max(ns)
@@ -118,16 +125,13 @@ def plot_quality(runs: Sequence[RunData], path: str | Path) -> Path:
     if not runs:
         return _placeholder(path, "no quality metric in these runs")
     metric = runs[0].quality_metric or "quality"
-    fig, axes = _panels(runs, f"Sample quality during training ({metric}, lower is better)")
-    color, many = _n_colors(runs), _many_seeds(runs)
-    for r in sorted(runs, key=lambda r: r.n):
-        ax = axes[r.width]
+    fig, axes, items = _curves(runs, f"Sample quality during training ({metric}, lower is better)")
+    for r, ax, c, label in items:
         s, q, e = r.quality
         k = _pos(s) & np.isfinite(q)
-        c = color(r.n)
         ax.plot(s[k], q[k], "o", ms=2.0, color=c, alpha=0.35)
         qs = r.quality_smooth if r.quality_smooth is not None else q
-        ax.plot(s[k], qs[k], "-", lw=1.3, color=c, label=_label(r, many))
+        ax.plot(s[k], qs[k], "-", lw=1.3, color=c, label=label)
         if np.isfinite(e[k]).any():
             ee = np.nan_to_num(e[k])
             ax.fill_between(s[k], np.maximum(q[k] - ee, q[k] * 0.05), q[k] + ee, color=c, alpha=0.15, lw=0)
@@ -150,14 +154,11 @@ def plot_fmem(runs: Sequence[RunData], path: str | Path) -> Path:
     runs = [r for r in runs if r.f_mem is not None]
     if not runs:
         return _placeholder(path, "no f_mem in these runs")
-    fig, axes = _panels(runs, "Memorised fraction during training (band: bootstrap 95 % interval)")
-    color, many = _n_colors(runs), _many_seeds(runs)
-    for r in sorted(runs, key=lambda r: r.n):
-        ax = axes[r.width]
+    fig, axes, items = _curves(runs, "Memorised fraction during training (band: bootstrap 95 % interval)")
+    for r, ax, c, label in items:
         s, f, se, lo, hi = r.f_mem
         k = _pos(s)
-        c = color(r.n)
-        ax.plot(s[k], f[k], "-o", ms=2.5, lw=1.2, color=c, label=_label(r, many))
+        ax.plot(s[k], f[k], "-o", ms=2.5, lw=1.2, color=c, label=label)
         if np.isfinite(lo[k]).any() and np.isfinite(hi[k]).any():
             ax.fill_between(s[k], lo[k], hi[k], color=c, alpha=0.18, lw=0)
         elif np.isfinite(se[k]).any():
@@ -181,13 +182,11 @@ def plot_collapse(runs: Sequence[RunData], path: str | Path) -> Path:
     runs = [r for r in runs if r.f_mem is not None and r.f_mem[1][-1] > 0]
     if not runs:
         return _placeholder(path, "no run memorises by its last checkpoint: nothing to normalise")
-    fig, axes = _panels(runs, "Collapse: f_mem(τ) / f_mem(τ_max) against τ / n")
-    color, many = _n_colors(runs), _many_seeds(runs)
-    for r in sorted(runs, key=lambda r: r.n):
-        ax = axes[r.width]
+    fig, axes, items = _curves(runs, "Collapse: f_mem(τ) / f_mem(τ_max) against τ / n")
+    for r, ax, c, label in items:
         s, f = r.f_mem[0], r.f_mem[1]
         k = _pos(s)
-        ax.plot(s[k] / r.n, f[k] / f[-1], "-o", ms=2.5, lw=1.2, color=color(r.n), label=_label(r, many))
+        ax.plot(s[k] / r.n, f[k] / f[-1], "-o", ms=2.5, lw=1.2, color=c, label=label)
     for w, ax in axes.items():
         ax.set_xscale("log")
         ax.set_xlabel("τ / n  (training steps per training sample)")
@@ -271,18 +270,14 @@ def plot_losses(runs: Sequence[RunData], path: str | Path) -> Path:
     if not runs:
         return _placeholder(path, "no loss/train or loss/test in these runs")
     lvl = runs[0].loss_level
-    fig, axes = _panels(runs, "DSM loss: train (dashed) vs held-out (solid)" + (f" at {lvl}" if lvl else ""))
-    color, many = _n_colors(runs), _many_seeds(runs)
-    for r in sorted(runs, key=lambda r: r.n):
-        ax = axes[r.width]
-        c = color(r.n)
+    fig, axes, items = _curves(runs, "DSM loss: train (dashed) vs held-out (solid)" + (f" at {lvl}" if lvl else ""))
+    for r, ax, c, label in items:
         if r.loss_test is not None:
             s, v, _ = r.loss_test
-            ax.plot(s[_pos(s)], v[_pos(s)], "-", lw=1.3, color=c, label=_label(r, many))
+            ax.plot(s[_pos(s)], v[_pos(s)], "-", lw=1.3, color=c, label=label)
         if r.loss_train is not None:
             s, v, _ = r.loss_train
-            ax.plot(s[_pos(s)], v[_pos(s)], "--", lw=1.3, color=c,
-                    label=None if r.loss_test is not None else _label(r, many))
+            ax.plot(s[_pos(s)], v[_pos(s)], "--", lw=1.3, color=c, label=None if r.loss_test is not None else label)
     for w, ax in axes.items():
         ax.set_xscale("log")
         ax.set_yscale("log")

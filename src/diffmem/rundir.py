@@ -106,33 +106,17 @@ class Run:
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
+        self.config_path = self.path / self.CONFIG
+        self.metrics_path = self.path / self.METRICS
+        self.evaluations_path = self.path / self.EVALUATIONS
+        self.state_path = self.path / self.STATE
+        self.feature_net_path = self.path / self.FEATURE_NET
 
     def __repr__(self) -> str:
         return f"Run({str(self.path)!r})"
 
     def __fspath__(self) -> str:
         return str(self.path)
-
-    # -- paths
-    @property
-    def config_path(self) -> Path:
-        return self.path / self.CONFIG
-
-    @property
-    def metrics_path(self) -> Path:
-        return self.path / self.METRICS
-
-    @property
-    def evaluations_path(self) -> Path:
-        return self.path / self.EVALUATIONS
-
-    @property
-    def state_path(self) -> Path:
-        return self.path / self.STATE
-
-    @property
-    def feature_net_path(self) -> Path:
-        return self.path / self.FEATURE_NET
 
     def checkpoint_path(self, step: int) -> Path:
         return self.path / self.CHECKPOINTS / f"step_{int(step):08d}.safetensors"
