@@ -350,3 +350,16 @@ def test_tau_gen_sits_on_the_drawn_curve(run):
     i = int(np.flatnonzero(s == r.tau_gen.value)[0])
     assert r.quality_smooth[i] <= r.tau_gen.details["threshold"]
     assert i == 0 or r.quality_smooth[i - 1] > r.tau_gen.details["threshold"]
+
+
+def test_sweep_over_a_closed_form(tmp_path, capsys):
+    out = tmp_path / "sw"
+    assert main(["sweep", "--preset", "digits", "--n", "8,16", "--executor", "serial", "--out", str(out),
+                 "model.name=empirical", "eval.n_samples=16", "eval.quality=fd_pixel", "eval.n_boot=20",
+                 "threads=1"]) == 0
+    summary = json.loads((out / "report" / "summary.json").read_text())
+    assert summary["n"] == [8, 16] and summary["f_mem_final"] == [1.0, 1.0]
+    assert (out / "report" / "fmem_vs_n.png").is_file()
+    assert main(["sweep", "--preset", "digits", "--n", "8", "--width", "64", "--out", str(tmp_path / "w"),
+                 "model.name=empirical"]) == 2
+    assert "takes no option model.width" in capsys.readouterr().err

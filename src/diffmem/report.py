@@ -38,6 +38,7 @@ __all__ = [
     "render",
     "plot_quality",
     "plot_fmem",
+    "plot_fmem_vs_n",
     "plot_collapse",
     "plot_timescales",
     "plot_losses",
@@ -174,6 +175,31 @@ def plot_fmem(runs: Sequence[RunData], path: str | Path) -> Path:
         ax.set_title(_width_title(w) + "  (dotted: τ_mem)", fontsize=10)
         ax.grid(True, which="both", alpha=0.3)
         _legend(ax, loc="upper left")
+    return _save(fig, path)
+
+
+def plot_fmem_vs_n(runs: Sequence[RunData], path: str | Path) -> Path:
+    """f_mem at the last checkpoint against n, with its 95 % interval (runs without training: closed forms)."""
+    runs = [r for r in runs if r.f_mem is not None]
+    if not runs:
+        return _placeholder(path, "no f_mem in these runs")
+    fig = Figure(figsize=(5.5, 4.0), layout="constrained")
+    ax = fig.subplots()
+    for j, w in enumerate(_widths(runs)):
+        rs = sorted((r for r in runs if r.width == w), key=lambda r: r.n)
+        f = np.array([r.f_mem[1][-1] for r in rs])
+        lo, hi = np.array([r.f_mem[3][-1] for r in rs]), np.array([r.f_mem[4][-1] for r in rs])
+        yerr = np.vstack([np.nan_to_num(f - lo), np.nan_to_num(hi - f)])
+        ax.errorbar([r.n for r in rs], f, yerr=yerr, fmt="-o", capsize=3, color=colormaps["tab10"](j),
+                    label=None if w is None else f"W = {w}")
+    ax.set_xscale("log")
+    _n_ticks(ax.xaxis, [r.n for r in runs])
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_xlabel("training-set size n")
+    ax.set_ylabel("f_mem (band: 95 % interval)")
+    ax.set_title("Memorised fraction of the model's samples", fontsize=10)
+    ax.grid(True, which="both", alpha=0.3)
+    _legend(ax)
     return _save(fig, path)
 
 
@@ -359,6 +385,8 @@ def render(analysis: Analysis, out_dir: str | Path) -> dict[str, str]:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     runs = analysis.runs
+    if all(r.f_mem is None or r.f_mem[0].max() <= 0 for r in runs):  # closed forms: no training-time axis
+        return {"f_mem_vs_n": str(plot_fmem_vs_n(runs, out_dir / "fmem_vs_n.png"))}
     return {
         "quality": str(plot_quality(runs, out_dir / "quality.png")),
         "f_mem": str(plot_fmem(runs, out_dir / "fmem.png")),
