@@ -215,7 +215,7 @@ def train(cfg: RunConfig, run: str | Path | Run, callbacks: Sequence[Callback] =
         den.train()
 
     def status(finished: bool) -> None:
-        run.write_status({"step": ctx.step, "steps": cfg.steps, "finished": finished,
+        run.write_status({"step": ctx.step, "steps": 0 if closed else cfg.steps, "finished": finished,
                           "stopped_by": ctx.stop_reason, "train_seconds": round(seconds + time.time() - t0, 3)})
 
     for cb in cbs:
