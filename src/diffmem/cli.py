@@ -275,6 +275,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .theory.cli import register
 
     register(sub)
+    from .closedform_cli import register as register_closedform
+
+    register_closedform(sub)
     return p
 
 

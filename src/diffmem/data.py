@@ -10,6 +10,7 @@ Data specs (``RunConfig.data``, ``diffmem train data=...``)::
 
     digits                      scikit-learn's 8×8 digits (inside its wheel; no download)
     gmm[:d=8,mu=1,pool=16384,test=2048,seed=0]   ½N(μ1_d, I) + ½N(−μ1_d, I) with its exact score
+    bdkos25-2d[?test=200]       BDKOS25's 20 2-D points numpy.random.seed(1); randn(20, 2) (pool = all 20)
     PATH/TO/FOLDER[?size=32&gray=1&test=0.1]     a local image folder (png/jpg/bmp/gif/tif/webp)
     PATH/TO/ARRAY.npy|.npz[?test=0.1&centre=1]   an array (N, d), (N, H, W), (N, C, H, W) or (N, H, W, C)
 
@@ -30,7 +31,7 @@ import torch
 
 from .errors import DiffmemError
 
-__all__ = ["Dataset", "GaussianMixture", "load_dataset", "load_digits", "load_gmm", "load_image_folder",
+__all__ = ["Dataset", "GaussianMixture", "load_dataset", "load_bdkos25_2d", "bdkos25_points", "load_digits", "load_gmm", "load_image_folder",
            "load_array_dataset", "load_array", "parse_spec", "IMAGE_SUFFIXES"]
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".pgm", ".ppm"}
@@ -154,6 +155,33 @@ def load_gmm(d: int = 8, mu: float = 1.0, pool: int = 16384, test: int = 2048, s
     x = gm.sample(int(pool) + int(test), generator=g)
     return Dataset(name=f"gmm:d={d}", pool=x[:pool].contiguous(), test=x[pool:].contiguous(), exact=gm,
                    meta={"d": d, "mu": mu, "seed": seed})
+
+
+BDKOS25_TEST_SEED = 2
+
+
+def bdkos25_points() -> np.ndarray:
+    """BDKOS25's 2-D toy training set: ``numpy.random.seed(1); numpy.random.randn(20, 2)`` (float64, [20, 2])."""
+    return np.random.RandomState(1).randn(20, 2)
+
+
+def load_bdkos25_2d(test: int = 200) -> Dataset:
+    """BDKOS25's toy (SPEC §4): the pool is exactly the 20 points of :func:`bdkos25_points` (not centred,
+    not shuffled away: a closed form uses all of them, ``n = 20``).
+
+    The points are draws of N(0, I₂), so the held-out set is ``test`` further
+    draws of N(0, I₂) from a separate generator, ``RandomState(2).randn(test, 2)``
+    (not part of the authors' setup: it only serves the test-loss probe of a
+    ``diffmem train`` run; the BDKOS25 metrics use the training points alone).
+    """
+    test = int(test)
+    if test < 1:
+        raise DiffmemError(f"bdkos25-2d needs test ≥ 1 held-out points, got {test}")
+    te = np.random.RandomState(BDKOS25_TEST_SEED).randn(test, 2)
+    return Dataset(name="bdkos25-2d", pool=torch.as_tensor(bdkos25_points(), dtype=torch.float32),
+                   test=torch.as_tensor(te, dtype=torch.float32),
+                   meta={"source": "numpy.random.seed(1); randn(20, 2) (BDKOS25)", "test": test,
+                         "test_seed": BDKOS25_TEST_SEED})
 
 
 def _read_image(path: Path, size: int, gray: bool) -> np.ndarray:
@@ -338,6 +366,8 @@ def parse_spec(spec: str) -> tuple[str, str, dict]:
     opts: dict = {}
     if spec == "digits" or spec.startswith("digits?"):
         kind, arg, rest = "digits", "", spec[7:] if "?" in spec else ""
+    elif spec == "bdkos25-2d" or spec.startswith("bdkos25-2d?"):
+        kind, arg, rest = "bdkos25-2d", "", spec[11:] if "?" in spec else ""
     elif spec == "gmm" or spec.startswith("gmm:"):
         kind, arg, rest = "gmm", "", spec[4:].replace(",", "&")
     else:
@@ -351,7 +381,7 @@ def parse_spec(spec: str) -> tuple[str, str, dict]:
         elif p.is_dir():
             kind = "folder"
         elif not p.exists():
-            raise DiffmemError(f"data not found: {spec!r} is neither a known data set (digits, gmm) nor an "
+            raise DiffmemError(f"data not found: {spec!r} is neither a known data set (digits, gmm, bdkos25-2d) nor an "
                                "existing image folder or .npy/.npz file")
         else:
             raise DiffmemError(f"data {spec!r}: unsupported file type {p.suffix!r} (use a folder, .npy or .npz)")
@@ -372,7 +402,7 @@ def _num(v: str):
     return int(f) if f.is_integer() and "." not in v else f
 
 
-_OPTIONS = {"digits": {"test", "centre", "seed"}, "gmm": {"d", "mu", "pool", "test", "seed"},
+_OPTIONS = {"digits": {"test", "centre", "seed"}, "bdkos25-2d": {"test"}, "gmm": {"d", "mu", "pool", "test", "seed"},
             "folder": {"size", "gray", "test", "centre", "limit", "seed"},
             "array": {"test", "centre", "key", "seed"}}
 _CACHE: dict[str, Dataset] = {}
@@ -395,6 +425,8 @@ def load_dataset(spec: str, progress: bool = False) -> Dataset:
         ds = load_digits(**kw)
     elif kind == "gmm":
         ds = load_gmm(**kw)
+    elif kind == "bdkos25-2d":
+        ds = load_bdkos25_2d(**kw)
     elif kind == "folder":
         ds = load_image_folder(arg, progress=progress, **kw)
     else:

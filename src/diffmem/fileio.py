@@ -1,8 +1,8 @@
 """Atomic file writes (used by the run directory, reports and the audit).
 
 A file is written to a temporary name in the same folder, then renamed over
-its target, so a reader never sees half a file and a killed writer leaves
-only a ``.NAME.PID.tmp`` (removed on failure).  The result gets the usual
+its target, so a reader never sees half a file; a killed writer leaves only a
+``.NAME.tmp``, which the next write of that file replaces (one writer per file).  The result gets the usual
 permissions, ``0666 & ~umask``, not the 0600 of :func:`tempfile.mkstemp`.
 """
 
@@ -31,7 +31,9 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
     :func:`tempfile.mkstemp`.
     """
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    # a fixed name per target: a writer killed mid-write leaves a .tmp that the next write of the
+    # same file (a resumed run redoes it) replaces, instead of one stale file per killed process
+    tmp = path.with_name(f".{path.name}.tmp")
     try:
         write(tmp)
         os.chmod(tmp, 0o666 & ~_umask())

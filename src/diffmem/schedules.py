@@ -178,3 +178,87 @@ def sigma_grid(name: str, steps: int, **kw) -> np.ndarray:
     if name == "karras":
         _check_steps(steps, "the Karras grid")
     return GRIDS[name](steps, **kw)
+
+
+# ---------------------------------------------------------------------------
+# BDKOS25 (Baptista et al. 2025, SPEC §4): the VP and VE SDEs of the authors'
+# notebooks, on diffusion time t ∈ [0, 1].  Everything converts to the VE σ of
+# the denoiser protocol: a VP state x_vp = m x_0 + σ_vp z is the VE state
+# x_ve = x_vp / m with σ_ve = σ_vp / m; a VE state needs no conversion.
+
+BDKOS25_BETA_MIN = 0.001
+BDKOS25_BETA_MAX = 3.0
+BDKOS25_SIGMA0 = 10.0
+BDKOS25_SCHEDULES = ("ve", "vp")
+
+
+def _np_or_torch(t):
+    return t if isinstance(t, torch.Tensor) else np.asarray(t, dtype=np.float64)
+
+
+def bdkos25_vp_alpha(t):
+    """BDKOS25 VP: ``α(t) = ∫₀ᵗ β = β_min t + ½ (β_max − β_min) t²`` with ``β(t) = 0.001 + t(3 − 0.001)``."""
+    t = _np_or_torch(t)
+    return BDKOS25_BETA_MIN * t + 0.5 * (BDKOS25_BETA_MAX - BDKOS25_BETA_MIN) * t * t
+
+
+def bdkos25_vp_m(t):
+    """BDKOS25 VP mean factor ``m(t) = e^{−α(t)/2}``."""
+    a = bdkos25_vp_alpha(t)
+    return torch.exp(-a / 2) if isinstance(a, torch.Tensor) else np.exp(-a / 2)
+
+
+def bdkos25_vp_sigma(t):
+    """BDKOS25 VP standard deviation ``σ(t) = sqrt(1 − e^{−α(t)})``."""
+    a = bdkos25_vp_alpha(t)
+    return torch.sqrt(-torch.expm1(-a)) if isinstance(a, torch.Tensor) else np.sqrt(-np.expm1(-a))
+
+
+def bdkos25_ve_sigma(t, sigma0: float = BDKOS25_SIGMA0):
+    """BDKOS25 VE: ``σ(t)² = (σ₀^{2t} − 1)/(2 ln σ₀)`` (σ₀ = 10); ``σ(0) = 0``."""
+    t = _np_or_torch(t)
+    lg = float(np.log(sigma0))
+    if isinstance(t, torch.Tensor):
+        return torch.sqrt(torch.expm1(2 * t * lg) / (2 * lg))
+    return np.sqrt(np.expm1(2 * t * lg) / (2 * lg))
+
+
+def bdkos25_ve_dsigma_dt(t, sigma0: float = BDKOS25_SIGMA0):
+    """``dσ/dt`` of the BDKOS25 VE schedule: ``dσ²/dt = σ₀^{2t}``, so ``dσ/dt = σ₀^{2t}/(2σ(t))``."""
+    t = np.asarray(t, dtype=np.float64)
+    return sigma0 ** (2 * t) / (2 * bdkos25_ve_sigma(t, sigma0))
+
+
+def bdkos25_ve_t(sigma, sigma0: float = BDKOS25_SIGMA0):
+    """Inverse of :func:`bdkos25_ve_sigma`: ``t = ln(1 + 2 ln σ₀ σ²)/(2 ln σ₀)``."""
+    lg = float(np.log(sigma0))
+    s = np.asarray(sigma, dtype=np.float64)
+    return np.log1p(2 * lg * s * s) / (2 * lg)
+
+
+def bdkos25_sigma(t, schedule: str = "ve"):
+    """VE-protocol σ of BDKOS25 time ``t`` under ``schedule``.
+
+    ``"ve"``: :func:`bdkos25_ve_sigma`.  ``"vp"``: ``σ_vp/m = sqrt(e^{α(t)} − 1)``
+    (the VP state divided by m is a VE state of this σ).
+    """
+    if schedule == "ve":
+        return bdkos25_ve_sigma(t)
+    if schedule == "vp":
+        a = bdkos25_vp_alpha(t)
+        return torch.sqrt(torch.expm1(a)) if isinstance(a, torch.Tensor) else np.sqrt(np.expm1(a))
+    from .errors import DiffmemError
+
+    raise DiffmemError(f"unknown BDKOS25 schedule {schedule!r}; choose one of {', '.join(BDKOS25_SCHEDULES)}")
+
+
+def bdkos25_ou_t(t, schedule: str = "ve"):
+    """OU time (SPEC §0, ``σ² = e^{2 t_OU} − 1``) of BDKOS25 time ``t``.
+
+    For ``"vp"`` this is exactly ``α(t)/2`` (the BDKOS25 VP process is an OU
+    process run at speed β(t)/2)."""
+    return sigma_to_ou_t(bdkos25_sigma(t, schedule))
+
+
+__all__ += ["bdkos25_vp_alpha", "bdkos25_vp_m", "bdkos25_vp_sigma", "bdkos25_ve_sigma", "bdkos25_ve_dsigma_dt",
+            "bdkos25_ve_t", "bdkos25_sigma", "bdkos25_ou_t", "BDKOS25_SIGMA0", "BDKOS25_SCHEDULES"]

@@ -17,7 +17,15 @@ name            kind        options (default)                      what
 ``empirical``   closed      --                                     posterior mean of the n training points
 ``gaussian``    closed      --                                     exact denoiser of the training set's Gaussian fit
 ``exact``       closed      --                                     the data distribution's exact denoiser (``gmm:``)
+``tikhonov``    closed      ``:c=C`` (required), ``schedule=ve``   BDKOS25 Tikhonov: ``s_c = σ²/(σ² + c) s_N``
+``consistency`` closed      ``:tau=T`` (required)                  BDKOS25 asymptotic consistency: ``s = min(1, ΣK/τ) s_N``
 ==============  ==========  =====================================  ===========================================
+
+A closed form may carry parameters in its name, ``NAME:k=v,k=v``
+(``model.name=tikhonov:c=1e-4``, ``model.name=consistency:tau=0.1``,
+``tikhonov:c=1e-3,schedule=vp``).  ``MODELS[name]`` resolves such a name to a
+:class:`ModelSpec` whose ``build`` has the parameters bound; an unknown or
+missing parameter, or a negative c or τ, is a one-line :class:`DiffmemError`.
 
 An option the chosen model does not take is an error naming it (never
 silently ignored).
@@ -25,7 +33,9 @@ silently ignored).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import functools
+import math
+from dataclasses import dataclass, field, replace
 from typing import Callable
 
 import torch
@@ -37,7 +47,8 @@ from .mlp import MLP
 from .unet import UNet
 
 __all__ = ["MLP", "UNet", "SinusoidalEmbedding", "sinusoidal_embedding", "build_backbone", "build_model",
-           "check_model_config", "count_params", "ModelSpec", "MODELS", "PRESETS", "MODEL_OPTIONS"]
+           "check_model_config", "count_params", "ModelSpec", "MODELS", "PRESETS", "MODEL_OPTIONS",
+           "parse_model_name"]
 
 MODEL_OPTIONS = ("width", "blocks", "dropout")  # the ModelConfig fields that are backbone options
 
@@ -49,6 +60,7 @@ class ModelSpec:
     build: Callable
     defaults: dict  # option -> default (the options this model takes)
     doc: str
+    params: dict = field(default_factory=dict)  # name-carried parameters: key -> (parser, default or REQUIRED)
 
 
 def _image_shape(shape):
@@ -83,6 +95,91 @@ def _exact(shape, data, train_set):
     return ExactDenoiser(data.exact)
 
 
+def _tikhonov(shape, data, train_set, c, schedule="ve"):
+    from ..closed_form import TikhonovDenoiser
+
+    return TikhonovDenoiser(train_set, c=c, schedule=schedule)
+
+
+def _consistency(shape, data, train_set, tau):
+    from ..closed_form import ConsistencyDenoiser
+
+    return ConsistencyDenoiser(train_set, tau=tau)
+
+
+REQUIRED = object()
+
+
+def _nonneg(key):
+    def parse(v: str) -> float:
+        try:
+            f = float(v)
+        except ValueError:
+            raise DiffmemError(f"model parameter {key}={v!r} is not a number") from None
+        if not math.isfinite(f) or f < 0:
+            raise DiffmemError(f"model parameter {key} must be a finite number ≥ 0, got {v}")
+        return f
+    return parse
+
+
+def _schedule(v: str) -> str:
+    if v not in ("ve", "vp"):
+        raise DiffmemError(f"model parameter schedule must be ve or vp, got {v!r}")
+    return v
+
+
+def parse_model_name(name: str) -> tuple[str, dict]:
+    """``"NAME:k=v,k=v"`` -> ``("NAME", {k: parsed v})``, validated against the model's parameters."""
+    if not isinstance(name, str):
+        raise DiffmemError(f"model name must be a string, got {name!r}")
+    base, sep, rest = name.partition(":")
+    base = base.strip()
+    if base not in _BASE:
+        raise DiffmemError(f"unknown model {base!r}; choose one of {', '.join(_BASE)}")
+    spec = dict.__getitem__(MODELS, base)
+    given: dict = {}
+    if sep:
+        for kv in rest.split(","):
+            k, eq, v = kv.partition("=")
+            k, v = k.strip(), v.strip()
+            if not eq or not k or not v:
+                raise DiffmemError(f"model {name!r}: parameter {kv!r} is not key=value")
+            if k not in spec.params:
+                raise DiffmemError(f"model {base!r} takes no parameter {k!r}; its parameters: "
+                                   f"{', '.join(spec.params) or 'none'}")
+            if k in given:
+                raise DiffmemError(f"model {name!r}: parameter {k!r} given twice")
+            given[k] = spec.params[k][0](v)
+    missing = [k for k, (_, d) in spec.params.items() if d is REQUIRED and k not in given]
+    if missing:
+        raise DiffmemError(f"model {base!r} needs the parameter {', '.join(missing)} (e.g. "
+                           f"model.name={base}:{missing[0]}=0.1)")
+    return base, given
+
+
+class _Registry(dict):
+    """``MODELS``: plain names, plus ``NAME:k=v,...`` resolved on lookup (parameters bound into ``build``)."""
+
+    def __missing__(self, key):
+        if not isinstance(key, str) or ":" not in key:
+            raise KeyError(key)
+        base, params = parse_model_name(key)
+        spec = dict.__getitem__(self, base)
+        return replace(spec, name=key, build=functools.partial(spec.build, **params))
+
+    def __contains__(self, key) -> bool:
+        if dict.__contains__(self, key):
+            return True
+        try:
+            self[key]
+        except (KeyError, DiffmemError):
+            return False
+        return True
+
+    def get(self, key, default=None):
+        return self[key] if key in self else default
+
+
 MODELS: dict[str, ModelSpec] = {
     "mlp": ModelSpec("mlp", "network", lambda shape, width, blocks: MLP(shape, width=width, blocks=blocks),
                      {"width": 128, "blocks": 3}, "MLP noise predictor on flattened input"),
@@ -95,13 +192,21 @@ MODELS: dict[str, ModelSpec] = {
     "empirical": ModelSpec("empirical", "closed_form", _empirical, {}, "empirical posterior mean (memorises)"),
     "gaussian": ModelSpec("gaussian", "closed_form", _gaussian, {}, "Gaussian fit of the training set"),
     "exact": ModelSpec("exact", "closed_form", _exact, {}, "exact denoiser of the data distribution"),
+    "tikhonov": ModelSpec("tikhonov", "closed_form", _tikhonov, {}, "BDKOS25 Tikhonov-regularised empirical score",
+                          {"c": (_nonneg("c"), REQUIRED), "schedule": (_schedule, "ve")}),
+    "consistency": ModelSpec("consistency", "closed_form", _consistency, {},
+                             "BDKOS25 asymptotic-consistency regularised empirical score",
+                             {"tau": (_nonneg("tau"), REQUIRED)}),
 }
+_BASE = tuple(MODELS)
+MODELS = _Registry(MODELS)
 PRESETS = {k: v for k, v in MODELS.items() if v.kind == "network"}  # backbones, for build_backbone
 
 
 def _spec(name: str) -> ModelSpec:
-    if name not in MODELS:
-        raise DiffmemError(f"unknown model {name!r}; choose one of {', '.join(MODELS)}")
+    if isinstance(name, str) and dict.__contains__(MODELS, name) and not MODELS[name].params:
+        return MODELS[name]
+    parse_model_name(name)  # a one-line error naming what is wrong
     return MODELS[name]
 
 
