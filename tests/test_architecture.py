@@ -97,7 +97,7 @@ def test_the_walker_finds_a_planted_cycle():
 def test_cli_handlers_are_thin():
     """Each command handler parses, builds a config and calls one library function (~30 lines at most)."""
     long = []
-    for f in [PKG / "cli.py", PKG / "audit.py", PKG / "theory" / "cli.py"]:
+    for f in [PKG / "cli.py", PKG / "audit.py", PKG / "theory" / "cli.py", PKG / "closedform_cli.py"]:
         for node in ast.walk(ast.parse(f.read_text())):
             if isinstance(node, ast.FunctionDef) and node.name.startswith("cmd_"):
                 n = node.end_lineno - node.lineno + 1
