@@ -115,6 +115,9 @@ def cmd_train(args) -> int:
     cfg = _resolve(args)
     run = train(cfg, args.out, resume=not args.no_resume, progress=not args.no_progress)
     status = run.read_status()
+    if status.get("steps") == 0:
+        print(f"{run.path}  (closed form: no training; evaluated at step 0)")
+        return 0
     how = "finished" if status.get("finished") else f"stopped at step {status.get('step')}"
     print(f"{run.path}  ({how}; {status.get('train_seconds', 0):.1f} s of training in total)")
     return 0
