@@ -118,3 +118,83 @@ def test_dropout_is_reseeded_per_step(tmp_path):
     a = train(cfg, tmp_path / "a", progress=False)
     b = train(cfg, tmp_path / "b", progress=False)
     assert a.metrics_path.read_bytes() == b.metrics_path.read_bytes()
+
+
+# --------------------------------------------------------------------------- numbers against references
+
+
+def test_common_tau_gen_target_is_the_worst_runs_best_plus_rel_tol(tmp_path):
+    """analyse(tau_gen_reference="common"): per width, target = max over runs of min(median3(q)) · (1 + rel_tol)."""
+    from test_timescales import make_synthetic_sweep
+
+    from diffmem.analysis import TauDefinitions, analyse
+    from diffmem.timescales import running_median
+
+    sweep = make_synthetic_sweep(tmp_path / "sw", ns=(64, 256))
+    a = analyse(sweep, TauDefinitions(tau_gen_reference="common", rel_tol=0.1, n_boot=10))
+    bests = [np.nanmin(running_median(r.quality[1], 3)) for r in a.runs]
+    target = max(bests) * 1.1
+    for r in a.runs:
+        s, q, _ = r.quality
+        qs = running_median(q, 3)
+        assert r.tau_gen.value == s[np.flatnonzero(qs <= target)[0]]
+        assert r.tau_gen.details["threshold"] == pytest.approx(target, rel=1e-12)
+
+
+def test_parametric_bootstrap_matches_a_naive_loop():
+    """tau_mem(level)'s interval against a plain re-implementation drawing default_rng(seed) replicate by replicate."""
+    from diffmem.timescales import _level_cross, tau_mem
+
+    s = np.geomspace(1, 1e4, 30)
+    f = np.clip(0.8 / (1 + (2000 / s) ** 2), 0, 1)
+    se = np.full_like(f, 0.03)
+    est = tau_mem(s, f, stderr=se, method="level", n_boot=300, seed=7)
+    rng, vals = np.random.default_rng(7), []
+    for _ in range(300):
+        fb = np.clip(f + se * rng.standard_normal(f.size), 0, 1)
+        if fb[-1] > 0:
+            c = _level_cross(s, fb / fb[-1], 0.5)
+            if c is not None:
+                vals.append(c[0])
+    assert est.details["bootstrap"] == pytest.approx(list(np.percentile(vals, [2.5, 97.5])), rel=1e-12)
+    other = tau_mem(s, f, stderr=se, method="level", n_boot=300, seed=8)
+    assert other.value == est.value and other.details["bootstrap"] != est.details["bootstrap"]
+
+
+def test_running_loss_is_the_mean_batch_loss_since_the_previous_checkpoint(tmp_path):
+    from diffmem.callbacks import Callback
+
+    class Losses(Callback):
+        def __init__(self):
+            self.seen = {}
+
+        def on_step_end(self, ctx, step, loss):
+            self.seen[step] = loss
+
+    probe = Losses()
+    run = train(resolve_config("digits", None, [*TINY, "eval.n_samples=4"]), tmp_path / "r", callbacks=[probe],
+                progress=False)
+    sched = run.read_schedule()
+    rec = _recs(run, "train/loss_running")
+    for a, b in zip(sched[:-1], sched[1:]):
+        want = float(np.mean([probe.seen[k] for k in range(a + 1, b + 1)]))
+        assert rec[b]["value"] == pytest.approx(want, rel=1e-12)
+
+
+def test_heun_is_second_order_on_gaussian_data():
+    """Gaussian data N(0, s²): the PF-ODE is linear, x(0) = x(σ_max)·s/√(s² + σ_max²) exactly."""
+    from diffmem.closed_form import GaussianDenoiser
+    from diffmem.samplers import heun
+    from diffmem.schedules import karras_sigmas
+
+    s2 = 0.3**2
+    den = GaussianDenoiser(torch.zeros(1, dtype=torch.float64), torch.full((1, 1), s2, dtype=torch.float64))
+    z = torch.randn(64, 1, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    errs = []
+    for n in (16, 32, 64):
+        sg = karras_sigmas(n, 0.002, 80.0)
+        # exact flow from σ_max to 0: x(σ) = x(σ_max) √((s² + σ²)/(s² + σ_max²))
+        exact = z * sg[0] * np.sqrt(s2 / (s2 + sg[0] ** 2))
+        errs.append(float((heun(den, z, sg) - exact).abs().max()))
+    assert errs[2] < 5e-3  # measured 0.004 at 64 steps (0.080, 0.017 at 16, 32)
+    assert errs[0] / errs[1] > 3 and errs[1] / errs[2] > 3  # second order (Euler would give ~2)
