@@ -89,11 +89,11 @@ def _device_check(v: str):
 class ModelConfig:
     # a key of the model registry (diffmem.models.MODELS): mlp, gmm, unet, bubm25 (networks);
     # empirical, gaussian, exact (closed forms: no training)
-    name: str = _opt("mlp", str)
+    name: str = _opt("mlp", str)  # ... and bdkos25_mlp (BDKOS25's MLP; parametrisation bdkos25_vp)
     width: int | None = _opt(None, int, _ge(1), optional=True)  # None: the model's own default
     blocks: int | None = _opt(None, int, _ge(0), optional=True)
     dropout: float | None = _opt(None, float, _in(0.0, 1.0), optional=True)
-    parametrisation: str | None = _opt(None, str, optional=True)  # eps_ddpm (default) or edm
+    parametrisation: str | None = _opt(None, str, optional=True)  # eps_ddpm (default), edm or bdkos25_vp
     sigma_data: float | None = _opt(None, float, _gt(0), optional=True)  # edm only (default 0.5)
 
 
@@ -135,6 +135,9 @@ class RunConfig:
     checkpoints_per_decade: int = _opt(12, int, _ge(1))
     device: str = _opt("cpu", str, _device_check)
     threads: int = _opt(0, int, _ge(0))  # torch CPU threads (0 = leave torch's default)
+    # BDKOS25 Tikhonov term: loss + c mean_dims s² (networks only; s: the parametrisation's score, VP for
+    # bdkos25_vp, else VE); 0 = off, the loss exactly as without it
+    loss_tikhonov_c: float = _opt(0.0, float, _ge(0))
     model: ModelConfig = field(default_factory=ModelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)

@@ -15,7 +15,7 @@ from torch import Tensor
 from .denoiser import Denoiser, _bcast
 from .schedules import DDPMSchedule
 
-__all__ = ["dsm_loss", "DDPMSigmaSampler", "LogNormalSigmaSampler", "LossOut"]
+__all__ = ["dsm_loss", "tikhonov_term", "BDKOS25SigmaSampler", "DDPMSigmaSampler", "LogNormalSigmaSampler", "LossOut"]
 
 
 @dataclass
@@ -26,7 +26,8 @@ class LossOut:
 
 def dsm_loss(den: Denoiser, y: Tensor, sigma: Tensor, noise: Tensor | None = None,
              weighting: str = "eps", sigma_data: float = 0.5,
-             generator: torch.Generator | None = None) -> LossOut:
+             generator: torch.Generator | None = None, tikhonov_c: float = 0.0,
+             tikhonov_score: str = "ve") -> LossOut:
     """Per-sample DSM loss of ``den`` on clean data ``y [B, ...]`` at ``sigma [B]``.
 
     weighting:
@@ -34,6 +35,12 @@ def dsm_loss(den: Denoiser, y: Tensor, sigma: Tensor, noise: Tensor | None = Non
         :class:`~diffmem.denoiser.EpsDenoiser` it is *exactly* the DDPM loss);
       * ``"edm"``: ``λ(σ) mean_dims (D − y)²`` with ``λ = (σ² + σ_d²)/(σ σ_d)²``;
       * ``"x0"``: ``mean_dims (D − y)²`` (the KK26 per-noise-level error e(σ)).
+
+    ``tikhonov_c > 0`` adds BDKOS25's Tikhonov term ``c mean_dims s²`` to each
+    sample's loss (:func:`tikhonov_term`; ``tikhonov_score`` names the score it
+    penalises, ``"ve"`` or ``"vp"``).  It is a separate addition after the
+    weighted loss above; with ``c = 0`` (the default) nothing is added and the
+    loss is the same tensor, bit for bit, as without the option.
     """
     if noise is None:
         noise = torch.randn(y.shape, generator=generator, dtype=y.dtype, device=y.device)
@@ -50,7 +57,34 @@ def dsm_loss(den: Denoiser, y: Tensor, sigma: Tensor, noise: Tensor | None = Non
         loss = err
     else:
         raise ValueError(f"unknown weighting {weighting!r}")
+    if tikhonov_c > 0:
+        loss = loss + tikhonov_term(d, x, sigma, tikhonov_c, tikhonov_score)
     return LossOut(loss=loss, sigma=sigma)
+
+
+def tikhonov_term(d: Tensor, x: Tensor, sigma: Tensor, c: float, score: str = "ve") -> Tensor:
+    """BDKOS25's Tikhonov penalty per sample, ``c mean_dims s²``, of a denoiser output ``d = D(x, σ)``.
+
+    ``score="ve"``: the VE score ``s = (D − x)/σ²`` (the protocol every model
+    shares).  ``score="vp"``: the score of BDKOS25's VP SDE at the VP state
+    ``x_vp = m x`` (``m = 1/sqrt(1 + σ²)``), ``s_vp = s_ve/m = (D − x) sqrt(1 + σ²)/σ²``
+    -- the quantity their code penalises, ``mean((σ_vp s + z)²) + c mean(s²)``.
+
+    Why the convention matters: with the ε-MSE loss ``mean_dims (D − y)²/σ²
+    = mean_dims (σ s_ve + n)² = mean_dims (σ_vp s_vp + n)²`` (one identity:
+    σ s_ve = σ_vp s_vp), loss + ``c mean s²`` is minimised by ``s = σ²/(σ² + c) s_N``
+    in the convention the penalty uses, i.e. by
+    :class:`~diffmem.closed_form.TikhonovDenoiser` with ``schedule="ve"`` or
+    ``"vp"`` (where c acts as ``c (1 + σ²)`` on the VE score).  ``d``, ``x``:
+    ``[B, ...]``; ``sigma``: ``[B]`` (VE level).  Returns ``[B]``.
+    """
+    s2 = _bcast(sigma, x) ** 2
+    s = (d - x) / s2
+    if score == "vp":
+        s = s * torch.sqrt(1 + s2)
+    elif score != "ve":
+        raise ValueError(f"unknown Tikhonov score convention {score!r}; choose ve or vp")
+    return float(c) * s.reshape(x.shape[0], -1).pow(2).mean(1)
 
 
 class DDPMSigmaSampler:
@@ -76,3 +110,22 @@ class LogNormalSigmaSampler:
     def __call__(self, n: int, generator: torch.Generator | None = None, device=None) -> Tensor:
         z = torch.randn(n, generator=generator)
         return torch.exp(self.p_mean + self.p_std * z).to(device)
+
+
+class BDKOS25SigmaSampler:
+    """BDKOS25's VP training times: ``t ~ U(t_min, 1)``, returned as the VE level ``σ = sqrt(e^{α(t)} − 1)``.
+
+    ``α(t) = ∫₀ᵗ β``, ``β(t) = 0.001 + t(3 − 0.001)`` (:func:`diffmem.schedules.bdkos25_vp_alpha`).
+    ``t_min = 1e-5`` (the end time of their ODE, and the usual ``eps`` of their
+    reference code): ``t = 0`` would give ``σ = 0`` and a 0/0 loss.  σ is
+    computed in float64 and returned as float32.
+    """
+
+    def __init__(self, t_min: float = 1e-5):
+        self.t_min = float(t_min)
+
+    def __call__(self, n: int, generator: torch.Generator | None = None, device=None) -> Tensor:
+        from .schedules import bdkos25_sigma
+
+        t = self.t_min + (1 - self.t_min) * torch.rand(n, generator=generator, dtype=torch.float64)
+        return bdkos25_sigma(t, "vp").to(torch.float32).to(device)

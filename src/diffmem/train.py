@@ -20,6 +20,11 @@ batches walk through a fresh seeded permutation of the n points each epoch.
 
 A closed-form model (``model.name=empirical|gaussian|exact``) has no training
 steps: its "run" is one evaluation at step 0.
+
+``loss_tikhonov_c = c > 0`` adds BDKOS25's Tikhonov term ``c mean_dims s²`` to
+each sample's loss (:func:`diffmem.losses.tikhonov_term`), ``s`` the score named
+by the parametrisation (the VP score for ``bdkos25_vp``, else the VE score);
+with ``c = 0`` (the default) the loss is computed exactly as without it.
 """
 
 from __future__ import annotations
@@ -39,7 +44,7 @@ from .config import EXECUTION_KEYS, RunConfig
 from .errors import DiffmemError
 from .evaluate import Evaluator
 from .losses import dsm_loss
-from .models import MODELS, build_model, count_params
+from .models import MODELS, build_model, count_params, parametrisation_name
 from .parametrisation import get_parametrisation
 from .rundir import Run
 
@@ -101,9 +106,13 @@ def _callback_keys(callbacks: Sequence[Callback]) -> list[str]:
     return keys
 
 
+_ADDED_KEYS = {"loss_tikhonov_c": 0.0}  # config keys added later, with the value that means "as before"
+
+
 def _resume_plan(run: Run, cfg: RunConfig, schedule: list[int]) -> list[int]:
     """Check that ``run`` holds this config; return the schedule to use (extended if steps grew)."""
     old = run.read_config()
+    old = {**_ADDED_KEYS, **old}  # a run written before a key existed holds its default
     new = {k: v for k, v in cfg.to_dict().items() if k not in EXECUTION_KEYS}
     diff = sorted(k for k in new if k != "steps" and old.get(k) != new[k])
     if diff:
@@ -225,7 +234,8 @@ def train(cfg: RunConfig, run: str | Path | Run, callbacks: Sequence[Callback] =
     ckpt_set = set(schedule)
     if not closed:
         den.train()
-        par = get_parametrisation(cfg.model.parametrisation, cfg.model.sigma_data)
+        par = get_parametrisation(parametrisation_name(cfg.model), cfg.model.sigma_data)
+        tik = {"tikhonov_c": cfg.loss_tikhonov_c, "tikhonov_score": par.score} if cfg.loss_tikhonov_c > 0 else {}
         for step in range(start + 1, cfg.steps + 1):
             ctx.step = step
             _seed_global(step_seed(cfg.seed, step, 0), device)  # dropout and anything else on the global RNG
@@ -234,7 +244,7 @@ def train(cfg: RunConfig, run: str | Path | Run, callbacks: Sequence[Callback] =
             sigma = par.sigma_sampler(y.shape[0], generator=g, device=device)
             noise = torch.randn(y.shape, generator=g).to(device)
             loss = dsm_loss(den, y, sigma, noise=noise, weighting=par.weighting,
-                            sigma_data=par.sigma_data).loss.mean()
+                            sigma_data=par.sigma_data, **tik).loss.mean()
             if not torch.isfinite(loss):
                 raise DiffmemError(f"training diverged at step {step} (loss {loss.item()}); lower the learning rate")
             opt.zero_grad(set_to_none=True)

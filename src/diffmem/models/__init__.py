@@ -14,6 +14,8 @@ name            kind        options (default)                      what
 ``gmm``         network     width (128), blocks (3)                BUBM25's GMM network (102,024 params at d = 8)
 ``unet``        network     width (32), blocks (2), dropout (0.1)  :class:`UNet`, mults (1,2,4), attention (0,1,1)
 ``bubm25``      network     width (32)                             the BUBM25 U-Net (dropout 0.1): ``3910 W² + 606 W + 1``
+``bdkos25_mlp`` network     width (256), blocks (2)                BDKOS25's ReLU MLP on [x, Fourier(t)] (VP score;
+                                                                   parametrisation ``bdkos25_vp``, the only one)
 ``empirical``   closed      --                                     posterior mean of the n training points
 ``gaussian``    closed      --                                     exact denoiser of the training set's Gaussian fit
 ``exact``       closed      --                                     the data distribution's exact denoiser (``gmm:``)
@@ -28,7 +30,10 @@ A closed form may carry parameters in its name, ``NAME:k=v,k=v``
 missing parameter, or a negative c or τ, is a one-line :class:`DiffmemError`.
 
 An option the chosen model does not take is an error naming it (never
-silently ignored).
+silently ignored).  A network may fix its parametrisation (``bdkos25_mlp``:
+``bdkos25_vp``, also its default); :func:`parametrisation_name` gives the one in
+effect.  The training option ``loss_tikhonov_c`` (BDKOS25's Tikhonov term) is
+for networks only; a closed form refuses it (use ``model.name=tikhonov:c=C``).
 """
 
 from __future__ import annotations
@@ -42,11 +47,12 @@ import torch
 from torch import nn
 
 from ..errors import DiffmemError
+from .bdkos25_mlp import BDKOS25MLP
 from .embedding import SinusoidalEmbedding, sinusoidal_embedding
 from .mlp import MLP
 from .unet import UNet
 
-__all__ = ["MLP", "UNet", "SinusoidalEmbedding", "sinusoidal_embedding", "build_backbone", "build_model",
+__all__ = ["MLP", "UNet", "BDKOS25MLP", "parametrisation_name", "SinusoidalEmbedding", "sinusoidal_embedding", "build_backbone", "build_model",
            "check_model_config", "count_params", "ModelSpec", "MODELS", "PRESETS", "MODEL_OPTIONS",
            "parse_model_name"]
 
@@ -61,6 +67,7 @@ class ModelSpec:
     defaults: dict  # option -> default (the options this model takes)
     doc: str
     params: dict = field(default_factory=dict)  # name-carried parameters: key -> (parser, default or REQUIRED)
+    parametrisation: str | None = None  # a network's own (and only) parametrisation; None: any, default eps_ddpm
 
 
 def _image_shape(shape):
@@ -189,6 +196,10 @@ MODELS: dict[str, ModelSpec] = {
                                                  "attn": (False, True, True), "groups": 8, "heads": 4}, "U-Net"),
     "bubm25": ModelSpec("bubm25", "network", lambda shape, width: _unet(shape, width, 2, 0.1),
                         {"width": 32}, "the BUBM25 U-Net (dropout 0.1, fixed)"),
+    "bdkos25_mlp": ModelSpec("bdkos25_mlp", "network",
+                             lambda shape, width, blocks: BDKOS25MLP(shape, width=width, blocks=blocks),
+                             {"width": 256, "blocks": 2}, "BDKOS25's ReLU MLP on [x, Fourier(t)] (VP score)",
+                             parametrisation="bdkos25_vp"),
     "empirical": ModelSpec("empirical", "closed_form", _empirical, {}, "empirical posterior mean (memorises)"),
     "gaussian": ModelSpec("gaussian", "closed_form", _gaussian, {}, "Gaussian fit of the training set"),
     "exact": ModelSpec("exact", "closed_form", _exact, {}, "exact denoiser of the data distribution"),
@@ -225,13 +236,28 @@ def check_model_config(cfg, given: set[str] = frozenset()) -> None:
     if spec.kind == "closed_form":
         extra = [k for k in ("model.parametrisation", "model.sigma_data") if getattr(m, k.split('.')[1]) is not None]
         extra += sorted(k for k in given if k in ("steps", "batch_max") or k.startswith("optim."))
+        if getattr(cfg, "loss_tikhonov_c", 0) != 0 or "loss_tikhonov_c" in given:
+            raise DiffmemError(f"model {m.name!r} is a closed form (no training): loss_tikhonov_c is a training-loss "
+                               "option for networks; for BDKOS25's closed-form Tikhonov score use "
+                               "model.name=tikhonov:c=C")
         if extra:
             raise DiffmemError(f"model {m.name!r} is a closed form (no training): it does not use "
                                f"{', '.join(extra)}; remove it")
     else:
         from ..parametrisation import get_parametrisation
 
-        get_parametrisation(m.parametrisation, m.sigma_data)
+        get_parametrisation(parametrisation_name(m), m.sigma_data)
+
+
+def parametrisation_name(model_cfg) -> str | None:
+    """The parametrisation in effect for a network config: ``model.parametrisation``, else the model's own
+    (None: :data:`diffmem.parametrisation.DEFAULT_PARAMETRISATION`).  A model with its own refuses another."""
+    spec = _spec(model_cfg.name)
+    given = model_cfg.parametrisation
+    if spec.parametrisation is not None and given is not None and given != spec.parametrisation:
+        raise DiffmemError(f"model {spec.name!r} is trained in parametrisation {spec.parametrisation!r} only, got "
+                           f"model.parametrisation={given}; remove it")
+    return given if given is not None else spec.parametrisation
 
 
 def resolved_options(model_cfg) -> dict:
@@ -257,7 +283,7 @@ def build_model(model_cfg, shape: tuple, data=None, train_set: torch.Tensor | No
         return spec.build(shape, data, train_set), opts
     from ..parametrisation import get_parametrisation
 
-    par = get_parametrisation(model_cfg.parametrisation, model_cfg.sigma_data)
+    par = get_parametrisation(parametrisation_name(model_cfg), model_cfg.sigma_data)
     return par.precondition(spec.build(shape, **opts)), opts
 
 
