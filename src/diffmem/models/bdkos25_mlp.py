@@ -21,6 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import DiffmemError
+from .mlp import check_dims
 
 __all__ = ["BDKOS25MLP", "GaussianFourierEmbedding"]
 
@@ -45,13 +46,7 @@ class BDKOS25MLP(nn.Module):
     def __init__(self, shape: tuple[int, ...], width: int = 256, blocks: int = 2, embed_dim: int = 8,
                  embed_scale: float = 1.0):
         super().__init__()
-        shape = tuple(int(s) for s in shape)
-        if not shape or any(s < 1 for s in shape):
-            raise DiffmemError(f"BDKOS25MLP needs a non-empty data shape of positive sizes, got {shape}")
-        if width < 1 or blocks < 1:
-            raise DiffmemError(f"BDKOS25MLP needs width >= 1 and blocks >= 1, got width={width}, blocks={blocks}")
-        self.shape = shape
-        d = math.prod(shape)
+        self.shape, d = check_dims("BDKOS25MLP", shape, width, blocks, min_blocks=1)
         self.embed = GaussianFourierEmbedding(embed_dim, embed_scale)
         layers: list[nn.Module] = []
         fan_in = d + embed_dim

@@ -19,6 +19,16 @@ from .embedding import SinusoidalEmbedding
 __all__ = ["MLP"]
 
 
+def check_dims(name: str, shape, width: int, blocks: int, min_blocks: int = 0) -> tuple[tuple[int, ...], int]:
+    """Validate an MLP's data shape, width and depth; returns ``(shape, d)`` with ``d`` the flattened size."""
+    shape = tuple(int(s) for s in shape)
+    if not shape or any(s < 1 for s in shape):
+        raise DiffmemError(f"{name} needs a non-empty data shape of positive sizes, got {shape}")
+    if width < 1 or blocks < min_blocks:
+        raise DiffmemError(f"{name} needs width >= 1 and blocks >= {min_blocks}, got width={width}, blocks={blocks}")
+    return shape, math.prod(shape)
+
+
 class MLPBlock(nn.Module):
     def __init__(self, width: int):
         super().__init__()
@@ -38,13 +48,7 @@ class MLP(nn.Module):
     def __init__(self, shape: tuple[int, ...], width: int = 128, blocks: int = 3,
                  max_period: float = 10000.0):
         super().__init__()
-        shape = tuple(int(s) for s in shape)
-        if not shape or any(s < 1 for s in shape):
-            raise DiffmemError(f"MLP needs a non-empty data shape of positive sizes, got {shape}")
-        if width < 1 or blocks < 0:
-            raise DiffmemError(f"MLP needs width >= 1 and blocks >= 0, got width={width}, blocks={blocks}")
-        self.shape = shape
-        d = math.prod(shape)
+        self.shape, d = check_dims("MLP", shape, width, blocks)
         self.embed = SinusoidalEmbedding(width, max_period)
         self.inp = nn.Linear(d, width)
         self.blocks = nn.ModuleList(MLPBlock(width) for _ in range(blocks))
