@@ -55,12 +55,12 @@ def probe_losses(den, y: torch.Tensor, noise: torch.Tensor, sigma: float, batch_
 class Evaluator:
     """The measurements of one run at a checkpoint (see the module docstring).
 
-    Build it with :meth:`check` first (it raises on anything that would fail
-    later, before a run directory is written), then construct it.
+    Call :meth:`check` first (it raises on anything that would fail later,
+    before a run directory is written; the constructor does not repeat it),
+    then construct it.
     """
 
     def __init__(self, cfg, ds, train_set: torch.Tensor, run: Run | None, device, save_samples: bool | None = None):
-        self.check(cfg, ds)
         self.cfg, self.ds, self.train_set, self.device = cfg, ds, train_set, device
         self.run = run
         e = cfg.eval
@@ -174,6 +174,7 @@ def evaluate_run(run_dir, steps: list[int] | None = None, overrides: list[str] |
         raise DiffmemError(f"--out {path}: folder {path.parent} does not exist")
     ds = load_dataset(cfg.data)
     train_set = ds.subset(cfg.n, cfg.subset_seed)
+    Evaluator.check(cfg, ds)
     ev = Evaluator(cfg, ds, train_set, run, device, save_samples=False)
     recs: list[dict] = []
     for st in steps:
