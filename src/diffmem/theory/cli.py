@@ -100,7 +100,7 @@ def cmd_spectrum(args) -> int:
     if eig is not None:
         lines.append(f"  Kolmogorov distance to the Gaussian-equivalent U at d = {args.d}: "
                      f"{obj['ks_gaussian_equivalent']:.4f}")
-    lines.append(f"  figure: {fig}")
+    lines += [f"  warning: {w}" for w in obj.get("warnings", [])] + [f"  figure: {fig}"]
     return _emit(args, obj, lines)
 
 

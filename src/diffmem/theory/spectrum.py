@@ -709,6 +709,16 @@ def spectrum(psi_p: float, psi_n: float, t: float, sigma_spectrum: Sequence[floa
         n_lambda = int(n_lambda)
     except (TypeError, ValueError):
         raise DiffmemError(f"n_lambda must be an integer, got {n_lambda!r}") from None
+    try:
+        return _spectrum(P, t, act, n_lambda, lambdas, contour_check)
+    except (RuntimeError, FloatingPointError, ZeroDivisionError, OverflowError) as e:
+        # the solver's own failures become a one-line refusal (never a traceback)
+        raise DiffmemError(f"Theorem 3.1 solver failed at psi_p={P.psi_p:g}, psi_n={P.psi_n:g}, t={float(t):g}: "
+                           f"{str(e).splitlines()[0] if str(e) else type(e).__name__} "
+                           "(outside the range where it converges)") from None
+
+
+def _spectrum(P: SpectrumProblem, t, act, n_lambda: int, lambdas, contour_check: bool) -> dict:
     t0 = time.perf_counter()
     bulks = _find_bulks(P)
     B = len(bulks)
