@@ -1,4 +1,4 @@
-"""``diffmem theory constants | spectrum | curves | heatmap`` (thin wrappers).
+"""``diffmem theory constants | spectrum | curves | heatmap | taumem`` (thin wrappers).
 
 Each command computes with the library (:mod:`.constants`, :mod:`.spectrum`,
 :mod:`.curves`, :mod:`.heatmap`), writes a PNG into ``--out`` (default
@@ -142,9 +142,30 @@ def cmd_heatmap(args) -> int:
     return _emit(args, res, lines)
 
 
+def cmd_taumem(args) -> int:
+    from ..fileio import atomic_write_json
+    from .taumem import plot_taumem, summary, taumem
+
+    res = taumem(args.psi_p, _floats(args.psi_n, "--psi-n"), args.t, args.d, seed=args.seed, rise=args.rise,
+                 frac=args.frac, act=args.activation)
+    out = _outdir(args)
+    obj = summary(res)
+    obj["figure"] = plot_taumem(res, out / "taumem.png")
+    obj["json"] = str(atomic_write_json(out / "taumem.json", _jsonable(obj)))
+    lines = [f"memorisation times (closed form): psi_p = {args.psi_p:g}, t = {args.t:g}, d = {args.d}, "
+             f"psi_n = {obj['psi_n']} ({obj['seconds']:.1f} s)"]
+    for name, d in obj["definitions"].items():
+        sl = "n/a" if d["slope"] is None else f"{d['slope']:.3f}"
+        lines.append(f"  {name:14s} slope {sl:>6s}  tau " + ", ".join(f"{v:.4g}" for v in d["tau"]))
+    lines.append("  overlay spread on tau/tau_mem in [0.1, 3]: "
+                 + ", ".join(f"{k} {v['spread']:.3f}" for k, v in obj["overlay"].items()))
+    lines += [f"  figure: {obj['figure']}", f"  json: {obj['json']}"]
+    return _emit(args, obj, lines)
+
+
 def register(sub) -> None:
     """Add ``theory`` and its four subcommands to an argparse subparsers object."""
-    p = sub.add_parser("theory", help="random-features theory of BUBM25: constants, spectrum, curves, heatmap")
+    p = sub.add_parser("theory", help="random-features theory of BUBM25: constants, spectrum, curves, heatmap, taumem")
     ts = p.add_subparsers(dest="theory_cmd", required=True)
 
     def common(q, fig=True):
@@ -194,3 +215,14 @@ def register(sub) -> None:
     q.add_argument("--n-seeds", type=int, default=1, help="average over this many draws (default 1)")
     common(q)
     q.set_defaults(func=cmd_heatmap)
+
+    q = ts.add_parser("taumem", help="memorisation time by several definitions against psi_n (issue #13)")
+    q.add_argument("--psi-p", type=float, required=True, help="p / d")
+    q.add_argument("--psi-n", required=True, help="n / d values (comma-separated)")
+    q.add_argument("--t", type=float, required=True, help="OU diffusion time t")
+    q.add_argument("--d", type=int, required=True, help="data dimension (p = psi_p d, n = psi_n d)")
+    q.add_argument("--seed", type=int, default=0, help="seed of W and the data (default 0)")
+    q.add_argument("--rise", type=float, default=0.1, help="(b): fraction of the total rise of E_score (0.1)")
+    q.add_argument("--frac", type=float, default=0.5, help="(c), (d): fraction of the final gap (0.5)")
+    common(q)
+    q.set_defaults(func=cmd_taumem)
