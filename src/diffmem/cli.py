@@ -281,6 +281,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .closedform_cli import register as register_closedform
 
     register_closedform(sub)
+    from .toy_cli import register as register_toy
+
+    register_toy(sub)
     return p
 
 
