@@ -85,3 +85,24 @@ def test_bad_input_one_line(capsys, tmp_path, extra, needle):
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("diffmem: error:") and "\n" not in err and needle in err, err
+
+
+def test_threshold_gap_falls_through_n_equals_p(capsys, tmp_path):
+    argv = ["theory", "threshold", "--psi-p", "4,8", "--ratios", "0.25,1,4", "--d", "12", "--json",
+            "--out", str(tmp_path)]
+    assert main(argv) == 0
+    obj = json.loads(capsys.readouterr().out)
+    for pp in (4.0, 8.0):
+        gaps = [x["gap_inf"] for x in obj["rows"] if x["psi_p"] == pp]
+        assert gaps[0] > 3 * gaps[1] > 9 * gaps[2] > 0  # O(1) in Regime I, falling through n* = p
+        assert [x["regime"] for x in obj["rows"] if x["psi_p"] == pp] == ["I", "II", "II"]
+    # the tau -> inf gap is the large-tau limit of the closed-form curves
+    prob = make_problem(12, 4, 1, 0.1, seed=0)
+    lc = learning_curves(prob, [1e9])
+    assert abs(lc["gap"][0] / obj["rows"][0]["gap_inf"] - 1) < 1e-9
+
+
+def test_threshold_bad_input(capsys, tmp_path):
+    assert main(["theory", "threshold", "--ratios", "1,-2", "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("diffmem: error:") and "\n" not in err and "ratios" in err, err

@@ -1,4 +1,4 @@
-"""``diffmem theory constants | spectrum | curves | heatmap | taumem`` (thin wrappers).
+"""``diffmem theory constants | spectrum | curves | heatmap | taumem | threshold`` (thin wrappers).
 
 Each command computes with the library (:mod:`.constants`, :mod:`.spectrum`,
 :mod:`.curves`, :mod:`.heatmap`), writes a PNG into ``--out`` (default
@@ -163,9 +163,32 @@ def cmd_taumem(args) -> int:
     return _emit(args, obj, lines)
 
 
+def cmd_threshold(args) -> int:
+    from ..fileio import atomic_write_json
+    from .threshold import plot_threshold, threshold
+
+    res = threshold(_floats(args.psi_p, "--psi-p"), _floats(args.ratios, "--ratios"), t=args.t, d=args.d,
+                    seed=args.seed, plateau_factor=args.plateau_factor)
+    out = _outdir(args)
+    res["figure"] = plot_threshold(res, out / "threshold.png")
+    res["json"] = str(atomic_write_json(out / "threshold.json", _jsonable(res)))
+    lines = [f"architectural threshold n* = p: t = {args.t:g}, d = {args.d} ({res['seconds']:.1f} s)",
+             f"  {'psi_p':>6} {'psi_n/psi_p':>11} regime {'gap(tau=inf)':>12} {'gap(plateau)':>12}"]
+    lines += [f"  {x['psi_p']:6g} {x['ratio']:11.4g} {x['regime']:>6} {x['gap_inf']:12.4g} {x['gap_plateau']:12.4g}"
+              + ("" if x["plateau_ok"] else "  (plateau not separated from tau_mem)") for x in res["rows"]]
+    lines += [f"  psi_p={k}: slope of gap(inf) vs psi_n/psi_p in Regime II (ratio >= 2) {_fmt(f['slope_regime2'])}, "
+              f"of gap(plateau) vs psi_n {_fmt(f['slope_plateau'])} (theory -0.5)" for k, f in res["fits"].items()]
+    lines += [f"  figure: {res['figure']}", f"  json: {res['json']}"]
+    return _emit(args, res, lines)
+
+
+def _fmt(x) -> str:
+    return "n/a" if x is None else f"{x:.3f}"
+
+
 def register(sub) -> None:
     """Add ``theory`` and its four subcommands to an argparse subparsers object."""
-    p = sub.add_parser("theory", help="random-features theory of BUBM25: constants, spectrum, curves, heatmap, taumem")
+    p = sub.add_parser("theory", help="random-features theory of BUBM25: constants, spectrum, curves, heatmap, taumem, threshold")
     ts = p.add_subparsers(dest="theory_cmd", required=True)
 
     def common(q, fig=True):
@@ -226,3 +249,13 @@ def register(sub) -> None:
     q.add_argument("--frac", type=float, default=0.5, help="(c), (d): fraction of the final gap (0.5)")
     common(q)
     q.set_defaults(func=cmd_taumem)
+
+    q = ts.add_parser("threshold", help="tau -> inf and plateau gap across n* = p (Regime I vs II)")
+    q.add_argument("--psi-p", default="8,16,32", help="p / d values (comma-separated, default 8,16,32)")
+    q.add_argument("--ratios", default="0.125,0.25,0.5,1,2,4,8", help="psi_n / psi_p values (comma-separated)")
+    q.add_argument("--t", type=float, default=0.1, help="OU diffusion time t (default 0.1)")
+    q.add_argument("--d", type=int, default=30, help="data dimension (default 30)")
+    q.add_argument("--seed", type=int, default=0, help="seed of W and the data (default 0)")
+    q.add_argument("--plateau-factor", type=float, default=10.0, help="plateau gap taken at tau = this / Delta_t")
+    common(q)
+    q.set_defaults(func=cmd_threshold)
