@@ -106,17 +106,20 @@ def cmd_figures(args) -> int:
 def cmd_score1d(args) -> int:
     from .score1d import Score1DOptions, score_picture
 
-    opts = Score1DOptions(n=args.n, steps=args.steps, width=args.width, lr=args.lr, t=args.t, seed=args.seed,
-                          data=args.data, threads=args.threads).check()
+    opts = Score1DOptions(n=args.n, steps=args.steps, width=args.width, lr=args.lr, t=_floats(args.t, "--t"),
+                          seed=args.seed, data=args.data, threads=args.threads, subset_seed=args.subset_seed).check()
     res = score_picture(_out_dir(args.out), opts, progress=not args.json)
     if args.json:
         print(json.dumps(res))
         return 0
-    print(f"1-D score at t = {res['t']:g} (sigma = {res['sigma']:.4g}), n = {res['n']}, {res['steps']} steps "
-          f"({res['train_seconds']:.0f} s); RMS distance of the learned score to the empirical / population score:")
-    for r in res["rows"]:
-        print(f"  step {r['step']:>7}: {r['to_empirical']:.3f} / {r['to_population']:.3f}")
-    print(f"empirical vs population: {res['empirical_to_population']:.3f}; figure {res['figure']}")
+    print(f"1-D score, n = {res['n']} points {[round(v, 2) for v in res['train_points']]}, {res['steps']} steps "
+          f"({res['train_seconds']:.0f} s); RMS distance under P_t of the learned score to the empirical / "
+          "population score:")
+    for tm in res["times"]:
+        print(f" t = {tm['t']:g} (sigma = {tm['sigma']:.3g}); empirical to population {tm['empirical_to_population']:.3f}")
+        for r in tm["rows"]:
+            print(f"  step {r['step']:>7}: {r['to_empirical']:.3f} / {r['to_population']:.3f}")
+    print(f"figure {res['figure']}")
     return 0
 
 
@@ -160,11 +163,14 @@ def register(sub) -> None:
     q.add_argument("--out", default="runs/score1d", help="output folder (default runs/score1d; the run is OUT/run)")
     q.add_argument("--data", default="gmm:d=1,mu=1.5", help="a 1-D data spec with a known distribution "
                    "(default gmm:d=1,mu=1.5)")
-    q.add_argument("--n", type=int, default=6, help="training points (default 6)")
+    q.add_argument("--n", type=int, default=8, help="training points (default 8)")
+    q.add_argument("--subset-seed", type=int, default=2, help="which n points of the pool (default 2: both modes, "
+                   "no wide gap)")
     q.add_argument("--steps", type=int, default=30000, help="training steps (default 30000)")
     q.add_argument("--width", type=int, default=64, help="MLP width (default 64)")
     q.add_argument("--lr", type=float, default=3e-3, help="Adam learning rate (default 3e-3)")
-    q.add_argument("--t", type=float, default=0.05, help="OU time of the picture (default 0.05: sigma = 0.32)")
+    q.add_argument("--t", default="0.05,0.2", help="OU times of the picture, comma-separated (default 0.05,0.2: "
+                   "sigma = 0.32, 0.67)")
     q.add_argument("--seed", type=int, default=0, help="training seed (default 0)")
     q.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
     q.add_argument("--json", action="store_true", help="print one JSON object (no progress bar)")
