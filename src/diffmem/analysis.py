@@ -24,7 +24,7 @@ from .errors import DiffmemError
 from .timescales import Estimate, fit_power_law, phase_boundary, running_median, stopping_time, tau_gen, tau_mem
 
 __all__ = ["TauDefinitions", "RunData", "Analysis", "analyse", "load_run", "run_paths", "QUALITY_PREFERENCE",
-           "TAU_MULTIPLES"]
+           "TAU_MULTIPLES", "kk26_series", "tau_gap"]
 
 # first one present in a run is used unless TauDefinitions(quality_metric=...) says otherwise
 QUALITY_PREFERENCE = ("quality/fid", "quality/fd_feat", "quality/kid", "quality/fd_pixel")
@@ -61,6 +61,7 @@ class TauDefinitions:
     alpha_frac: float = 0.5
     n_boot: int = 2000
     seed: int = 0
+    gap_level: float = 0.1  # τ_gap: first checkpoint where max_σ G(σ) ≥ gap_level (for persist checkpoints)
 
     def __post_init__(self):
         pm = tuple(float(k) for k in self.phase_multiples)
@@ -79,6 +80,8 @@ class TauDefinitions:
             raise DiffmemError("smooth and persist must be ≥ 1 and n_boot ≥ 0")
         if not self.alpha_frac > 0:
             raise DiffmemError(f"alpha_frac must be positive, got {self.alpha_frac}")
+        if not (math.isfinite(self.gap_level) and self.gap_level > 0):
+            raise DiffmemError(f"gap_level must be a positive number, got {self.gap_level}")
 
     def to_dict(self) -> dict:
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.__dict__.items()}
@@ -105,6 +108,8 @@ class RunData:
     tau_gen: Estimate | None = None
     tau_mem: Estimate | None = None
     tau_mem_level: Estimate | None = None
+    tau_gap: float | None = None  # KK26: first checkpoint where the per-σ gap's peak reaches gap_level
+    kk26: dict = field(default_factory=dict)  # kk26_series of the run's records (empty if none recorded)
     quality_smooth: np.ndarray | None = None  # the running median τ_gen is read from
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -129,6 +134,67 @@ def _pick_loss_level(records: list[dict]) -> tuple[dict, str | None]:
     key = "t" if any(k == "t" for k, _ in levels) else "sigma"
     val = min(v for k, v in levels if k == key)
     return {key: val}, f"{key}={val:g}"
+
+
+def _grid(rows: list[dict]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Long-format records with a ``sigma`` key -> ``(steps [S], sigmas [K], values [S, K])`` (NaN if missing)."""
+    steps = sorted({int(r["step"]) for r in rows})
+    sigmas = sorted({float(r["sigma"]) for r in rows})
+    si, ki = {s: i for i, s in enumerate(steps)}, {s: i for i, s in enumerate(sigmas)}
+    out = np.full((len(steps), len(sigmas)), np.nan)
+    for r in rows:
+        v = r.get("value")
+        out[si[int(r["step"])], ki[float(r["sigma"])]] = np.nan if v is None else float(v)
+    return np.asarray(steps, dtype=float), np.asarray(sigmas), out
+
+
+def kk26_series(records: list[dict]) -> dict:
+    """The KK26 measurements of a run's records (:mod:`diffmem.evaluate`), as arrays.
+
+    Keys present only when recorded: ``gap`` (``{"e_train", "e_test", "G"}`` each ``(steps, sigmas,
+    [S, K])``), ``gap_peak`` (``(steps, G_peak, sigma_peak)``), ``fd_gap`` (``{fd: {"train"|"test":
+    (steps, values)}}``), ``traj`` (``{name: (steps, sigmas, [S, K])}``), ``kl`` (``(steps, kl, stderr)``).
+    """
+    by: dict[str, list[dict]] = {}
+    for r in records:
+        m = r.get("metric")
+        if isinstance(m, str) and (m.startswith(("gap/", "fd_gap/", "traj/")) or m == "kl"):
+            by.setdefault(m, []).append(r)
+    out: dict[str, Any] = {}
+    gap = {k: _grid(by[f"gap/{k}"]) for k in ("e_train", "e_test", "G") if by.get(f"gap/{k}")}
+    if gap:
+        out["gap"] = gap
+    if by.get("gap/peak"):
+        rows = sorted(by["gap/peak"], key=lambda r: r["step"])
+        out["gap_peak"] = tuple(np.asarray([r[k] for r in rows], dtype=float) for k in ("step", "value", "sigma"))
+    fd: dict[str, dict] = {}
+    for m, rows in by.items():
+        if m.startswith("fd_gap/"):
+            _, name, side = m.split("/")
+            rows = sorted(rows, key=lambda r: r["step"])
+            fd.setdefault(name, {})[side] = (np.asarray([r["step"] for r in rows], dtype=float),
+                                             np.asarray([r["value"] for r in rows], dtype=float))
+    if fd:
+        out["fd_gap"] = fd
+    traj = {m.split("/", 1)[1]: _grid(rows) for m, rows in by.items() if m.startswith("traj/")}
+    if traj:
+        out["traj"] = traj
+    if by.get("kl"):
+        rows = sorted(by["kl"], key=lambda r: r["step"])
+        out["kl"] = (np.asarray([r["step"] for r in rows], dtype=float),
+                     np.asarray([r["value"] for r in rows], dtype=float),
+                     np.asarray([np.nan if r.get("error") is None else r["error"] for r in rows], dtype=float))
+    return out
+
+
+def tau_gap(steps, peaks, level: float = 0.1, persist: int = 2) -> float | None:
+    """KK26's objective gap time: the first checkpoint from which ``max_σ G(σ) ≥ level`` holds for
+    ``persist`` consecutive checkpoints (None if never)."""
+    ok = np.asarray(peaks, dtype=float) >= level
+    for i in range(len(ok)):
+        if ok[i : i + persist].all() and i + persist <= len(ok):
+            return float(np.asarray(steps)[i])
+    return None
 
 
 def _nonempty(series):
@@ -160,7 +226,7 @@ def load_run(run_dir: str | Path, quality_metric: str | None = None) -> RunData:
         batch_size=None if batch is None else int(batch), quality_metric=qm,
         quality=series(qm) if qm else None, f_mem=series("f_mem", extra=("ci_low", "ci_high")),
         loss_train=series("loss/train", **filt), loss_test=series("loss/test", **filt), loss_level=lvl,
-        metrics=tuple(names),
+        metrics=tuple(names), kk26=kk26_series(recs),
     )
 
 
@@ -179,6 +245,9 @@ def _estimate(run: RunData, d: TauDefinitions, target: float | None) -> None:
         lo_ = lo if np.isfinite(lo).any() else None
         run.tau_mem = tau_mem(s, f, ci_low=lo_, stderr=se_, method=d.tau_mem_method, persist=d.persist, level=d.level)
         run.tau_mem_level = tau_mem(s, f, ci_low=lo_, stderr=se_, method="level", level=d.level)
+    if "gap_peak" in run.kk26:
+        st, pk, _ = run.kk26["gap_peak"]
+        run.tau_gap = tau_gap(st, pk, d.gap_level, d.persist)
 
 
 def _best_smoothed(run: RunData, smooth: int) -> float | None:
@@ -195,6 +264,10 @@ def _widths(runs: Sequence[RunData]) -> list:
 
 def _fin(x: float | None) -> float | None:
     return None if x is None or not math.isfinite(x) else float(x)
+
+
+def _last(series, i: int) -> float | None:
+    return None if series is None or not len(series[0]) else _fin(float(series[i][-1]))
 
 
 def _json_fit(fit: dict) -> dict:
@@ -282,6 +355,11 @@ class Analysis:
             "tau_mem_level": [est(r.tau_mem_level, "value") for r in runs],
             "f_mem_final": [None if r.f_mem is None else _fin(r.f_mem[1][-1]) for r in runs],
             "quality_best": [None if r.tau_gen is None else _fin(r.tau_gen.details["best"]) for r in runs],
+            # KK26 (None where not recorded): τ_gap, the last checkpoint's gap peak and where, KL at the end
+            "tau_gap": [r.tau_gap for r in runs],
+            "gap_peak_final": [_last(r.kk26.get("gap_peak"), 1) for r in runs],
+            "gap_peak_sigma_final": [_last(r.kk26.get("gap_peak"), 2) for r in runs],
+            "kl_final": [_last(r.kk26.get("kl"), 1) for r in runs],
             "slope": _fin(head.get("alpha")),
             "slope_ci": [_fin(x) for x in head.get("alpha_ci", [None, None])],
             "slope_ci_t": [_fin(x) for x in head.get("alpha_ci_t", [None, None])],
@@ -334,7 +412,7 @@ def analyse(source: str | Path | Sequence[str | Path], definitions: TauDefinitio
         paths = run_paths(source) if isinstance(source, (str, Path)) else [Path(p) for p in source]
         runs = [load_run(p, d.quality_metric) for p in paths]
     else:
-        runs = [replace(r, tau_gen=None, tau_mem=None, tau_mem_level=None) for r in runs]
+        runs = [replace(r, tau_gen=None, tau_mem=None, tau_mem_level=None, tau_gap=None) for r in runs]
         if d.quality_metric is not None:
             for r in runs:
                 if r.quality_metric != d.quality_metric:

@@ -122,6 +122,16 @@ class EvalConfig:
     batch_size: int = _opt(1024, int, _ge(1))
     save_samples: bool = _opt(True, bool)
     feature_net: str = _opt("", str)  # path of a cached quality feature net ("" = train one in the run dir)
+    # KK26 (diffmem.metrics.gap): denoising error per noise level on fixed train / held-out images with
+    # one fixed noise draw each, at gap_sigmas log-spaced σ over the model's σ range (0 = off)
+    gap_sigmas: int = _opt(64, int, lambda v: None if v == 0 or v >= 2 else "must be 0 (off) or ≥ 2")
+    n_gap: int = _opt(64, int, _ge(1))  # at most this many train / held-out images in the gap
+    fd_gap: bool = _opt(True, bool)  # FD(samples, training subset) beside FD(samples, held-out subset of equal size)
+    trajectory: int = _opt(64, int, _ge(0))  # samples whose sampling trajectories are analysed (0 = off)
+    # BUBM25's KL(P_θ‖P_0) by the PF-ODE likelihood ("" = off; exact | hutchinson), data with a known density
+    kl: str = _opt("", str, lambda v: None if v in ("", "exact", "hutchinson") else "must be '', exact or hutchinson")
+    kl_samples: int = _opt(256, int, _ge(2))
+    kl_rtol: float = _opt(1e-5, float, _gt(0))  # rtol = atol of the adaptive ODE solve
 
 
 @dataclass
@@ -173,7 +183,21 @@ class RunConfig:
         from .models import check_model_config
 
         check_model_config(self, given)
+        _check_eval_options(self.eval, given)
         return self
+
+
+def _check_eval_options(e: "EvalConfig", given: set[str]) -> None:
+    """Evaluation options that only one measurement uses are errors when that measurement is off."""
+    fd = {"fd_pixel", "fd_feat"} & set(e.quality)
+    if "eval.fd_gap" in given and e.fd_gap and not fd:
+        raise DiffmemError("eval.fd_gap needs a Fréchet distance among eval.quality (fd_pixel or fd_feat); "
+                           "add one or remove eval.fd_gap")
+    for off, keys, switch in ((not e.kl, ("eval.kl_samples", "eval.kl_rtol"), "eval.kl is ''"),
+                              (not e.gap_sigmas, ("eval.n_gap",), "eval.gap_sigmas is 0")):
+        unused = [k for k in keys if k in given] if off else []
+        if unused:
+            raise DiffmemError(f"{', '.join(unused)} is not used ({switch}); remove it or turn the measurement on")
 
 
 def check_device(dev: str) -> None:
@@ -323,7 +347,7 @@ PRESETS: dict[str, dict] = {
         "model": {"name": "gmm", "width": 128},
         "optim": {"name": "sgd", "lr": 6e-3, "momentum": 0.95},
         "batch_max": 1_000_000,
-        "eval": {"sampler": "em", "sampler_steps": 1000, "quality": ["fd_pixel"]},
+        "eval": {"sampler": "em", "sampler_steps": 1000, "quality": ["fd_pixel"], "kl": "exact"},
     },
     # BUBM25 CelebA U-Net (SPEC §1): 32×32 grayscale, W = 32, SGD lr 0.01 momentum 0.95,
     # batch min(n, 512), DDIM 100 steps.  It has no data of its own: data= must point at a local

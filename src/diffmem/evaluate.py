@@ -17,6 +17,20 @@ metric records of one checkpoint (long format ``{"step", "metric", "value",
   every checkpoint (BUBM25 Fig. 2 middle; the losses separate ∝ n).
 * ``score_error`` at each ``loss_t`` when the data distribution is known
   (Gaussian mixture): ``E‖s_θ − s*‖²`` on fresh-but-fixed points of P_σ.
+* ``gap/e_train``, ``gap/e_test``, ``gap/G`` at ``eval.gap_sigmas`` log-spaced
+  σ over the model's range (key ``sigma``), and ``gap/peak`` (key ``sigma``:
+  where) -- KK26's generalisation gap per noise level
+  (:mod:`diffmem.metrics.gap`), on ``eval.n_gap`` fixed images per set with
+  one fixed noise draw each.
+* ``fd_gap/<fd>/train``, ``fd_gap/<fd>/test`` -- KK26's sample-level gap: the
+  Fréchet distance of the samples to the training subset and to a held-out
+  subset of the same size (so both references carry the same small-set bias).
+* ``traj/*`` at up to 16 σ of the sampler's grid (key ``sigma``) -- where the
+  first ``eval.trajectory`` sampling trajectories go, against noisy training
+  points (:mod:`diffmem.metrics.trajectory`).
+* ``kl`` (with ``eval.kl=exact|hutchinson``, data with a known density) --
+  ``KL(P_θ ‖ P_0)`` of the PF-ODE model by its exact likelihood
+  (:mod:`diffmem.likelihood`), with its Monte Carlo standard error.
 
 The evaluator knows nothing about training: :class:`diffmem.callbacks.Evaluation`
 calls it at each checkpoint of a run, :func:`evaluate_run` on saved checkpoints.
@@ -26,6 +40,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from .errors import DiffmemError
@@ -87,6 +102,40 @@ class Evaluator:
                 sig = float(ou_t_to_sigma(t))
                 y = self.exact.sample(2048, generator=g2)
                 self.score_points[t] = (y + sig * torch.randn(y.shape, generator=g2)).to(device)
+        self._init_kk26(cfg, ds, train_set, device)
+
+    def _init_kk26(self, cfg, ds, train_set, device) -> None:
+        """Fixed images and noise draws of the gap, the sample-level gap and the trajectory analysis."""
+        from .models import model_sigma_range
+
+        e = self.cfg.eval
+        self.sigma_range = model_sigma_range(cfg.model)
+        self.gap = None
+        if e.gap_sigmas:
+            from .metrics.gap import gap_sigmas
+
+            g = torch.Generator().manual_seed(e.sample_seed + 13)
+            sets = {"train": train_set[: e.n_gap].cpu(), "test": ds.test[: e.n_gap].cpu()}
+            self.gap = (gap_sigmas(*self.sigma_range, e.gap_sigmas),
+                        {k: (y.to(device), torch.randn(y.shape, generator=g).to(device)) for k, y in sets.items()})
+        self.fd_refs = None
+        fds = [q for q in ("fd_pixel", "fd_feat") if q in e.quality]
+        if e.fd_gap and fds and self.quality is not None:
+            from .quality import QualityReference
+
+            m = min(len(train_set), len(ds.test))
+            self.fd_refs = (fds, {k: QualityReference(y[:m].cpu(), self.quality.feature_net)
+                                  for k, y in (("train", train_set), ("test", ds.test))})
+        self.traj = None
+        if e.trajectory:
+            from .metrics.trajectory import record_indices
+            from .samplers import default_sigmas
+
+            g = torch.Generator().manual_seed(e.sample_seed + 17)
+            n_ref = min(e.trajectory, len(train_set))
+            noise = torch.randn(train_set.shape, generator=g).to(device)
+            noise_ref = torch.randn((n_ref, *train_set.shape[1:]), generator=g).to(device)
+            self.traj = (record_indices(default_sigmas(e.sampler, e.sampler_steps)), noise, noise_ref, n_ref)
 
     @staticmethod
     def check(cfg, ds) -> None:
@@ -97,6 +146,10 @@ class Evaluator:
             QualityReference.check(cfg, ds)
         if len(ds.test) < 1:
             raise DiffmemError(f"data {ds.name!r} has no held-out points for the test-loss probe")
+        if cfg.eval.kl and getattr(ds, "exact", None) is None:
+            raise DiffmemError(f"eval.kl needs data with a known density (gmm:...); data {ds.name!r} has none")
+        if cfg.eval.fd_gap and len(ds.test) < 2 and {"fd_pixel", "fd_feat"} & set(cfg.eval.quality):
+            raise DiffmemError(f"eval.fd_gap needs at least 2 held-out points; data {ds.name!r} has {len(ds.test)}")
 
     def __call__(self, den, step: int) -> list[dict]:
         e = self.cfg.eval
@@ -106,8 +159,13 @@ class Evaluator:
             recs.append({"step": int(step), "metric": metric, "value": float(value),
                          "error": None if error is None else float(error), **extra})
 
+        recorder = None
+        if self.traj is not None:
+            from .metrics.trajectory import TrajectoryRecorder
+
+            recorder = TrajectoryRecorder(e.trajectory, self.traj[0])
         samples = generate(den, self.ds.shape, self.seeds, sampler=e.sampler, steps=e.sampler_steps,
-                           batch_size=e.batch_size, device=self.device)
+                           batch_size=e.batch_size, device=self.device, callback=recorder)
         if self.save_samples:
             self.run.save_samples(step, samples.numpy())
         finite = torch.isfinite(samples.reshape(len(samples), -1)).all(1)
@@ -120,6 +178,11 @@ class Evaluator:
             if self.quality is not None:
                 for name, (val, err) in self.quality(s_ok, e.quality).items():
                     rec(f"quality/{name}", val, err)
+            if self.fd_refs is not None:
+                names, refs = self.fd_refs
+                for side, ref in refs.items():
+                    for name, (val, _) in ref(s_ok, names).items():
+                        rec(f"fd_gap/{name}/{side}", val)
         for t in e.loss_t:
             sig = float(ou_t_to_sigma(t))
             for name, (y, noise) in self.probe.items():
@@ -132,7 +195,50 @@ class Evaluator:
                 with torch.no_grad():
                     err = (score(den, x, s) - self.exact.score(x, s)).pow(2).sum(1).mean()
                 rec("score_error", err, t=float(t), sigma=sig)
+        if self.gap is not None:
+            self._gap_records(den, rec)
+        if recorder is not None:
+            self._trajectory_records(den, recorder, rec)
+        if e.kl:
+            self._kl_record(den, rec)
         return recs
+
+    def _gap_records(self, den, rec) -> None:
+        from .metrics.gap import denoising_errors, peak, relative_gap
+
+        sigmas, sets = self.gap
+        err = {k: denoising_errors(den, y, nz, sigmas, batch_rows=max(self.cfg.eval.batch_size, 4096)).cpu().numpy()
+               for k, (y, nz) in sets.items()}
+        g = relative_gap(err["train"], err["test"])
+        for i, s in enumerate(sigmas):
+            rec("gap/e_train", err["train"][i], sigma=float(s))
+            rec("gap/e_test", err["test"][i], sigma=float(s))
+            if np.isfinite(g[i]):  # undefined where the training error is exactly 0 (a perfect copier at tiny σ)
+                rec("gap/G", g[i], sigma=float(s))
+        ps, pg = peak(sigmas, g)
+        if np.isfinite(pg):
+            rec("gap/peak", pg, sigma=ps)
+
+    def _trajectory_records(self, den, recorder, rec) -> None:
+        from .metrics.trajectory import trajectory_stats
+
+        _, noise, noise_ref, n_ref = self.traj
+        for row in trajectory_stats(den, recorder.result(), self.train_set, noise, noise_ref, n_ref,
+                                    self.cfg.eval.threshold):
+            s = row.pop("sigma")
+            for k, v in row.items():
+                rec(f"traj/{k}", v, sigma=s)
+
+    def _kl_record(self, den, rec) -> None:
+        from .likelihood import kl_divergence
+
+        e = self.cfg.eval
+        lo, hi = self.sigma_range
+        seeds = list(range(e.sample_seed, e.sample_seed + e.kl_samples))
+        r = kl_divergence(den, lambda x: self.exact.log_prob(x.float().cpu(), lo), self.ds.shape, seeds, lo, hi,
+                          divergence=e.kl, rtol=e.kl_rtol, atol=e.kl_rtol, batch_size=e.batch_size,
+                          device=self.device)
+        rec("kl", r["kl"], r["stderr"], n=r["n"])
 
 
 def evaluate_run(run_dir, steps: list[int] | None = None, overrides: list[str] | None = None,

@@ -55,6 +55,7 @@ class Parametrisation:
     sigma_data: float
     uses_sigma_data: bool
     score: str = "ve"  # the score the Tikhonov term penalises (diffmem.losses.tikhonov_term)
+    sigma_range: tuple = (0.002, 80.0)  # the VE σ range the model is trained on (the per-σ gap's grid)
 
 
 def bdkos25_vp_t_of_sigma(sigma: Tensor) -> Tensor:
@@ -92,10 +93,26 @@ class BDKOS25VPDenoiser(nn.Module):
         return x + s**2 * torch.rsqrt(1 + s**2) * self.vp_score(x, sigma)
 
 
+def _ddpm_range() -> tuple:
+    """σ of the trained DDPM indices 1..999 (index 0 is never trained)."""
+    from .schedules import DDPMSchedule
+
+    sg = DDPMSchedule().sigmas
+    return float(sg[1]), float(sg[-1])
+
+
+def _bdkos25_range() -> tuple:
+    """VE σ of BDKOS25's VP SDE over its training times t ∈ [1e-5, 1]."""
+    from .schedules import bdkos25_sigma
+
+    return float(bdkos25_sigma(1e-5, "vp")), float(bdkos25_sigma(1.0, "vp"))
+
+
 def _eps_ddpm(sigma_data: float | None) -> Parametrisation:
     if sigma_data is not None:
         raise DiffmemError("model.sigma_data is not used by parametrisation 'eps_ddpm' (only by 'edm'); remove it")
-    return Parametrisation("eps_ddpm", lambda b: EpsDenoiser(b, label="ddpm"), DDPMSigmaSampler(), "eps", 0.5, False)
+    return Parametrisation("eps_ddpm", lambda b: EpsDenoiser(b, label="ddpm"), DDPMSigmaSampler(), "eps", 0.5, False,
+                           sigma_range=_ddpm_range())
 
 
 def _edm(sigma_data: float | None) -> Parametrisation:
@@ -108,7 +125,8 @@ def _edm(sigma_data: float | None) -> Parametrisation:
 def _bdkos25_vp(sigma_data: float | None) -> Parametrisation:
     if sigma_data is not None:
         raise DiffmemError("model.sigma_data is not used by parametrisation 'bdkos25_vp' (only by 'edm'); remove it")
-    return Parametrisation("bdkos25_vp", BDKOS25VPDenoiser, BDKOS25SigmaSampler(), "eps", 0.5, False, score="vp")
+    return Parametrisation("bdkos25_vp", BDKOS25VPDenoiser, BDKOS25SigmaSampler(), "eps", 0.5, False, score="vp",
+                           sigma_range=_bdkos25_range())
 
 
 PARAMETRISATIONS: dict[str, Callable[[float | None], Parametrisation]] = {"eps_ddpm": _eps_ddpm, "edm": _edm,

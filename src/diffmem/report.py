@@ -15,6 +15,9 @@ object API (no pyplot global state) and written atomically:
                        an open down-triangle where the smallest tested n already has f_mem = 0 (a bound)
 =====================  =====================================================
 
+and, where the runs recorded them, the KK26 figures of :mod:`diffmem.report_kk26` (gap per noise
+level, its heat map, gap vs f_mem, the sample-level FD gap, trajectories, KL).
+
 One panel per model width when a sweep has several.
 """
 
@@ -387,7 +390,10 @@ def render(analysis: Analysis, out_dir: str | Path) -> dict[str, str]:
     runs = analysis.runs
     if all(r.f_mem is None or r.f_mem[0].max() <= 0 for r in runs):  # closed forms: no training-time axis
         return {"f_mem_vs_n": str(plot_fmem_vs_n(runs, out_dir / "fmem_vs_n.png"))}
+    from .report_kk26 import render_kk26
+
     return {
+        **render_kk26(analysis, out_dir),
         "quality": str(plot_quality(runs, out_dir / "quality.png")),
         "f_mem": str(plot_fmem(runs, out_dir / "fmem.png")),
         "collapse": str(plot_collapse(runs, out_dir / "collapse.png")),

@@ -52,7 +52,7 @@ from .embedding import SinusoidalEmbedding, sinusoidal_embedding
 from .mlp import MLP
 from .unet import UNet
 
-__all__ = ["MLP", "UNet", "BDKOS25MLP", "parametrisation_name", "SinusoidalEmbedding", "sinusoidal_embedding", "build_backbone", "build_model",
+__all__ = ["MLP", "UNet", "BDKOS25MLP", "parametrisation_name", "model_sigma_range", "SinusoidalEmbedding", "sinusoidal_embedding", "build_backbone", "build_model",
            "check_model_config", "count_params", "ModelSpec", "MODELS", "PRESETS", "MODEL_OPTIONS",
            "parse_model_name"]
 
@@ -247,6 +247,16 @@ def check_model_config(cfg, given: set[str] = frozenset()) -> None:
         from ..parametrisation import get_parametrisation
 
         get_parametrisation(parametrisation_name(m), m.sigma_data)
+
+
+def model_sigma_range(model_cfg) -> tuple[float, float]:
+    """The VE σ range a model is trained on (its parametrisation's; EDM's [0.002, 80] for a closed form)."""
+    spec = _spec(model_cfg.name)
+    if spec.kind == "closed_form":
+        return 0.002, 80.0
+    from ..parametrisation import get_parametrisation
+
+    return tuple(get_parametrisation(parametrisation_name(model_cfg), model_cfg.sigma_data).sigma_range)
 
 
 def parametrisation_name(model_cfg) -> str | None:
