@@ -345,7 +345,8 @@ def simulate_gd(prob_or_matrices, taus, method: str = "gd", dtau: float | None =
     A [d, p] with products by U (via H when available).  Losses are computed
     from the iterate with the matrix formulas of :mod:`rf` (not from the
     closed form).  Returns ``tau``, ``train_loss``, ``test_loss``, ``gap``,
-    ``score_error``, ``steps``, ``dtau``, ``lr``, ``seconds``.
+    ``score_error``, ``steps``, ``dtau``, ``lr``, ``seconds``, and for GD
+    with ``basis="direct"`` the iterate ``B`` = A/√p [d, p] at the last τ.
     """
     taus = _as_taus(taus)
     if method not in ("gd", "gd_noise", "adam"):
@@ -361,6 +362,7 @@ def simulate_gd(prob_or_matrices, taus, method: str = "gd", dtau: float | None =
     meta = _meta_of(obj)
     d, p, psi_p, delta = meta["d"], meta["p"], meta["psi_p"], meta["delta"]
     sd = math.sqrt(delta)
+    last_B = None  # the final iterate B = A/√p [d, p] (basis="direct" GD only)
     need_eig = method == "gd" and basis == "eigen"
     es = eig if eig is not None else (eigensystem(obj) if need_eig else None)
     if dtau is not None and lr is not None:
@@ -450,6 +452,7 @@ def simulate_gd(prob_or_matrices, taus, method: str = "gd", dtau: float | None =
                     B -= h * (g_quad * BU(B) + g_lin * V.T)
                     k += 1
                 out_train[j], out_test[j] = f(B)
+            last_B = B.copy()
         elif method == "adam":
             # Adam on A (paper: A = √p B; no_sqrt_p: A = B), learning rate lr
             scale = math.sqrt(p) if parametrisation == "paper" else 1.0
@@ -489,7 +492,8 @@ def simulate_gd(prob_or_matrices, taus, method: str = "gd", dtau: float | None =
     secs = time.perf_counter() - t0
     return {"tau": steps * dtau, "train_loss": out_train, "test_loss": out_test, "gap": out_test - out_train,
             "score_error": (out_test - meta["min_test_loss"]) / delta, "steps": steps, "dtau": dtau, "lr": lr,
-            "method": method, "basis": basis if method == "gd" else "direct", "seconds": secs}
+            "method": method, "basis": basis if method == "gd" else "direct", "seconds": secs,
+            **({"B": last_B} if last_B is not None else {})}
 
 
 # --------------------------------------------------------------------------- convenience + plot
