@@ -250,3 +250,39 @@ def test_bad_kk26_options_are_one_line_errors(tmp_path, capsys, over, msg):
     assert rc == 2 and len(err.strip().splitlines()) == 1
     assert __import__("re").search(msg, err), err
     assert not out.exists()
+
+
+def test_tau_gap_and_series_from_records():
+    from diffmem.analysis import kk26_series, tau_gap
+
+    recs = []
+    for step, peak_ in ((0, 0.01), (10, 0.05), (20, 0.12), (30, 0.08), (40, 0.2), (50, 0.3)):
+        recs.append({"step": step, "metric": "gap/peak", "value": peak_, "sigma": 1.0})
+        for s, g in ((0.1, peak_ / 2), (1.0, peak_)):
+            recs.append({"step": step, "metric": "gap/G", "value": g, "sigma": s})
+        recs.append({"step": step, "metric": "kl", "value": step / 10, "error": 0.1})
+    k = kk26_series(recs)
+    steps, sig, G = k["gap"]["G"]
+    assert list(sig) == [0.1, 1.0] and G.shape == (6, 2) and G[2, 1] == 0.12
+    assert list(k["kl"][1]) == [0, 1, 2, 3, 4, 5]
+    st, pk, _ = k["gap_peak"]
+    assert tau_gap(st, pk, 0.1, persist=2) == 40.0  # 20 reaches 0.1 but 30 falls back below
+    assert tau_gap(st, pk, 0.1, persist=1) == 20.0
+    assert tau_gap(st, pk, 0.5) is None
+
+
+def test_a_trained_run_reports_its_kk26_figures(tmp_path):
+    from diffmem.config import resolve_config
+    from diffmem.report import make_report
+    from diffmem.rundir import Run
+    from diffmem.train import train
+
+    cfg = resolve_config("digits", None, ["n=16", "steps=12", "model.width=32", "eval.n_samples=32",
+                                          "eval.quality=fd_pixel", "eval.trajectory=8", "eval.n_gap=16",
+                                          "checkpoints_per_decade=4"])
+    train(cfg, Run(tmp_path / "sweep" / "r16"), progress=False)
+    s = make_report(tmp_path / "sweep", tmp_path / "rep")
+    for name in ("gap", "gap_heatmap", "gap_vs_fmem", "fd_gap", "trajectories"):
+        assert (tmp_path / "rep" / f"{name}.png").stat().st_size > 10_000, name
+    assert "kl" not in s["figures"]  # digits have no known density: no KL measured, no figure
+    assert s["gap_peak_final"][0] is not None and s["kl_final"] == [None]

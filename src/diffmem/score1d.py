@@ -71,7 +71,8 @@ class Score1DOptions:
               "model.name=mlp", f"model.width={self.width}", "model.blocks=2", "model.parametrisation=edm",
               "optim.name=adam", f"optim.lr={self.lr}", "checkpoints_per_decade=3", f"threads={self.threads}",
               "eval.n_samples=16", "eval.sampler=heun", "eval.sampler_steps=10", "eval.quality=",
-              "eval.loss_draws=1", "eval.n_boot=0", "eval.save_samples=false"]
+              "eval.loss_draws=1", "eval.n_boot=0", "eval.save_samples=false", "eval.gap_sigmas=0",
+              "eval.trajectory=0"]
         return resolve_config(None, None, ov)
 
 
