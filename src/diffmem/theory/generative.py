@@ -67,11 +67,18 @@ class RFGenerative:
 
 
 def closed_form_B(lam: np.ndarray, Q: np.ndarray, C: np.ndarray, delta: float, psi_p: float, tau: float) -> np.ndarray:
-    """``B(τ) = A(τ)/√p`` [d, p] of the gradient flow from 0 (τ = inf: −Vᵀ U⁻¹/√Δ)."""
+    """``B(τ) = A(τ)/√p`` [d, p] of the gradient flow from 0 (τ = inf: −Vᵀ U⁺/√Δ).
+
+    Eigenvalues at or below ``p·eps·max λ`` (e.g. dead ReLU features) are the null space of U: the flow
+    from A = 0 never moves there at τ = ∞ (pseudo-inverse, the minimum-norm limit) and moves linearly,
+    ``D = 2Δτ/ψ_p``, at finite τ (the λ → 0 limit of ``(1 − e^{−2Δλτ/ψ_p})/λ``)."""
+    lam = np.asarray(lam, float)
+    null = lam <= lam.size * np.finfo(float).eps * max(float(np.max(np.abs(lam))), 1e-300)
+    safe = np.where(null, 1.0, lam)
     if math.isinf(tau):
-        D = 1.0 / lam
+        D = np.where(null, 0.0, 1.0 / safe)
     else:
-        D = -np.expm1(-2.0 * delta * lam * tau / psi_p) / lam
+        D = np.where(null, 2.0 * delta * tau / psi_p, -np.expm1(-2.0 * delta * safe * tau / psi_p) / safe)
     return -((Q * D[None, :]) @ C).T / math.sqrt(delta)
 
 
