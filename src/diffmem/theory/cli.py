@@ -1,4 +1,4 @@
-"""``diffmem theory constants | spectrum | curves | heatmap | taumem | threshold`` (thin wrappers).
+"""``diffmem theory constants | spectrum | curves | heatmap | taumem | threshold | generative | phase`` (thin wrappers).
 
 Each command computes with the library (:mod:`.constants`, :mod:`.spectrum`,
 :mod:`.curves`, :mod:`.heatmap`), writes a PNG into ``--out`` (default
@@ -27,6 +27,13 @@ def _floats(text: str, name: str) -> list[float]:
     if not vals:
         raise DiffmemError(f"{name} is empty")
     return vals
+
+
+def _ints(text: str, name: str) -> list[int]:
+    vals = _floats(text, name)
+    if any(not math.isfinite(v) or v != int(v) for v in vals):
+        raise DiffmemError(f"{name} must be comma-separated integers, got {text!r}")
+    return [int(v) for v in vals]
 
 
 def _jsonable(x):
@@ -182,13 +189,42 @@ def cmd_threshold(args) -> int:
     return _emit(args, res, lines)
 
 
+def _gen_kw(args) -> dict:
+    return dict(d=args.d, ns=_ints(args.n, "--n"), taus=_floats(args.tau, "--tau"), samples=args.samples,
+                seed=args.seed, steps=args.steps, sigma_min=args.sigma_min, sigma_max=args.sigma_max,
+                n_rows=args.n_rows, act=args.activation)
+
+
+def cmd_generative(args) -> int:
+    from ..fileio import atomic_write_json
+    from .generative import curve_lines, generative_curve, plot_generative
+
+    res = generative_curve(p=args.p, **_gen_kw(args))
+    out = _outdir(args)
+    res["figure"] = plot_generative(res, out / "generative.png")
+    res["json"] = str(atomic_write_json(out / "generative.json", _jsonable(res)))
+    return _emit(args, res, curve_lines(res) + [f"  figure: {res['figure']}", f"  json: {res['json']}"])
+
+
+def cmd_phase(args) -> int:
+    from ..fileio import atomic_write_json
+    from .generative import phase_diagram, phase_lines, plot_phase
+
+    res = phase_diagram(ps=_ints(args.p, "--p"), zero=args.zero, **_gen_kw(args))
+    out = _outdir(args)
+    res["figure"] = plot_phase(res, out / "phase.png")
+    res["json"] = str(atomic_write_json(out / "phase.json", _jsonable(res)))
+    return _emit(args, res, phase_lines(res) + [f"  figure: {res['figure']}", f"  json: {res['json']}"])
+
+
 def _fmt(x) -> str:
     return "n/a" if x is None else f"{x:.3f}"
 
 
 def register(sub) -> None:
-    """Add ``theory`` and its four subcommands to an argparse subparsers object."""
-    p = sub.add_parser("theory", help="random-features theory of BUBM25: constants, spectrum, curves, heatmap, taumem, threshold")
+    """Add ``theory`` and its subcommands to an argparse subparsers object."""
+    p = sub.add_parser("theory", help="random-features theory of BUBM25: constants, spectrum, curves, heatmap, "
+                                      "taumem, threshold, generative, phase")
     ts = p.add_subparsers(dest="theory_cmd", required=True)
 
     def common(q, fig=True):
@@ -259,3 +295,26 @@ def register(sub) -> None:
     q.add_argument("--plateau-factor", type=float, default=10.0, help="plateau gap taken at tau = this / Delta_t")
     common(q)
     q.set_defaults(func=cmd_threshold)
+
+    def generative_options(q, n, tau, samples):
+        q.add_argument("--d", type=int, default=8, help="data dimension (data N(0, I_d); default 8)")
+        q.add_argument("--n", default=n, help=f"training-set sizes (comma-separated, default {n})")
+        q.add_argument("--tau", default=tau, help=f"training times, 'inf' allowed (default {tau})")
+        q.add_argument("--samples", type=int, default=samples, help=f"samples per (n, p, tau) (default {samples})")
+        q.add_argument("--seed", type=int, default=0, help="seed of W, the data, the noise and the samples")
+        q.add_argument("--steps", type=int, default=24, help="Karras sigma levels = Heun steps (default 24)")
+        q.add_argument("--sigma-min", type=float, default=0.005, help="smallest sigma (default 0.005)")
+        q.add_argument("--sigma-max", type=float, default=40.0, help="largest sigma (default 40)")
+        q.add_argument("--n-rows", type=int, default=8192, help="feature rows per level for U, V (default 8192)")
+        common(q)
+
+    q = ts.add_parser("generative", help="f_mem and sample quality of the RF generative model against tau, per n")
+    q.add_argument("--p", type=int, default=256, help="number of random features (default 256)")
+    generative_options(q, "4,16,64,1024", "10,100,1e3,1e4,1e5,1e6,1e7,inf", 200)
+    q.set_defaults(func=cmd_generative)
+
+    q = ts.add_parser("phase", help="(n, p) phase diagram of the RF generative model at a few tau (incl. inf)")
+    q.add_argument("--p", default="16,32,64,128,256", help="numbers of features (comma-separated)")
+    q.add_argument("--zero", type=float, default=0.05, help="n* = smallest n from which f_mem <= this (0.05)")
+    generative_options(q, "2,4,8,16,32,64,128,256,512", "1e3,1e5,inf", 100)
+    q.set_defaults(func=cmd_phase)
