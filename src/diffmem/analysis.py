@@ -45,7 +45,10 @@ class TauDefinitions:
       the worst run's best + ``rel_tol``).
     * τ_mem (:func:`diffmem.timescales.tau_mem`): ``tau_mem_method``
       ``"significant"`` (lower bound > 0 for ``persist`` checkpoints) or
-      ``"level"`` (f_mem/f_mem(end) crosses ``level``).
+      ``"level"`` (f_mem/f_mem(end) crosses ``level``); the lower bound is the
+      Wilson 95 % bound (``tau_mem_interval="wilson"``, default: honest at
+      f_mem = 0, where a bootstrap interval is ``[0, 0]``) or the bootstrap
+      percentile (``"bootstrap"``, the rule before issue #12).
     * the phase diagram at ``phase_multiples`` × τ_gen; the FSW25 stop at
       ``alpha_frac`` κ n; the fit's bootstrap (``n_boot``, ``seed``).
     """
@@ -61,6 +64,7 @@ class TauDefinitions:
     alpha_frac: float = 0.5
     n_boot: int = 2000
     seed: int = 0
+    tau_mem_interval: str = "wilson"  # lower bound of the "significant" rule: wilson | bootstrap
     gap_level: float = 0.1  # τ_gap: first checkpoint where max_σ G(σ) ≥ gap_level (for persist checkpoints)
 
     def __post_init__(self):
@@ -72,6 +76,8 @@ class TauDefinitions:
             raise DiffmemError(f"tau_gen reference must be best, improvement or common, got {self.tau_gen_reference!r}")
         if self.tau_mem_method not in ("significant", "level"):
             raise DiffmemError(f"tau_mem method must be significant or level, got {self.tau_mem_method!r}")
+        if self.tau_mem_interval not in ("wilson", "bootstrap"):
+            raise DiffmemError(f"tau_mem interval must be wilson or bootstrap, got {self.tau_mem_interval!r}")
         if not (math.isfinite(self.rel_tol) and self.rel_tol >= 0):
             raise DiffmemError(f"rel_tol must be a non-negative number, got {self.rel_tol}")
         if not 0 < self.level <= 1:
@@ -111,6 +117,7 @@ class RunData:
     tau_gap: float | None = None  # KK26: first checkpoint where the per-σ gap's peak reaches gap_level
     kk26: dict = field(default_factory=dict)  # kk26_series of the run's records (empty if none recorded)
     quality_smooth: np.ndarray | None = None  # the running median τ_gen is read from
+    f_mem_wilson: tuple[np.ndarray, np.ndarray] | None = None  # Wilson 95 % (low, high) at the f_mem steps
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -227,7 +234,29 @@ def load_run(run_dir: str | Path, quality_metric: str | None = None) -> RunData:
         quality=series(qm) if qm else None, f_mem=series("f_mem", extra=("ci_low", "ci_high")),
         loss_train=series("loss/train", **filt), loss_test=series("loss/test", **filt), loss_level=lvl,
         metrics=tuple(names), kk26=kk26_series(recs),
+        f_mem_wilson=_wilson_bounds(run_dir, recs, cfg) if "f_mem" in names else None,
     )
+
+
+def _wilson_bounds(run_dir, recs: list[dict], cfg: dict) -> tuple[np.ndarray, np.ndarray] | None:
+    """Wilson 95 % bounds of f_mem at each step: recorded (``wilson_low``/``wilson_high``), else rebuilt
+    from the fraction and its sample count (``n``, else ``eval.n_samples`` × the finite fraction) for runs
+    recorded before issue #12."""
+    from .metrics.memorization import binomial_interval
+
+    s, f, _, lo, hi, n = rd.metric_series(run_dir, "f_mem", records=recs, extra=("wilson_low", "wilson_high", "n"))
+    if not s.size:
+        return None
+    fin = dict(zip(*rd.metric_series(run_dir, "samples/finite_fraction", records=recs)[:2]))
+    m_cfg = (cfg.get("eval") or {}).get("n_samples")
+    for i in range(s.size):
+        if np.isfinite(lo[i]) and np.isfinite(hi[i]):
+            continue
+        m = n[i] if np.isfinite(n[i]) else (None if m_cfg is None else round(m_cfg * fin.get(s[i], 1.0)))
+        if not m or not np.isfinite(f[i]):
+            continue
+        lo[i], hi[i] = binomial_interval(int(round(f[i] * m)), int(m), "wilson")
+    return lo, hi
 
 
 def _estimate(run: RunData, d: TauDefinitions, target: float | None) -> None:
@@ -243,6 +272,8 @@ def _estimate(run: RunData, d: TauDefinitions, target: float | None) -> None:
         s, f, se, lo, _ = run.f_mem
         se_ = se if np.isfinite(se).any() else None
         lo_ = lo if np.isfinite(lo).any() else None
+        if d.tau_mem_interval == "wilson" and run.f_mem_wilson is not None and np.isfinite(run.f_mem_wilson[0]).all():
+            lo_ = run.f_mem_wilson[0]
         run.tau_mem = tau_mem(s, f, ci_low=lo_, stderr=se_, method=d.tau_mem_method, persist=d.persist, level=d.level)
         run.tau_mem_level = tau_mem(s, f, ci_low=lo_, stderr=se_, method="level", level=d.level)
     if "gap_peak" in run.kk26:

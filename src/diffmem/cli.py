@@ -73,6 +73,9 @@ def _add_report_args(q) -> None:
                         "the level every run of a width attains")
     q.add_argument("--tau-mem-method", default="significant", choices=["significant", "level"],
                    help="tau_mem: first significant f_mem > 0 | f_mem/f_mem(end) crosses 0.5")
+    q.add_argument("--tau-mem-interval", default="wilson", choices=["wilson", "bootstrap"],
+                   help="lower bound of the significant rule: Wilson 95%% (default; honest at f_mem = 0) | "
+                        "bootstrap percentile (the rule before issue #12)")
     q.add_argument("--phase-multiples", default="1,3,8",
                    help="phase-diagram times as multiples of tau_gen (default 1,3,8 as BUBM25; the demo uses 10,30,100)")
 
@@ -83,6 +86,7 @@ def _definitions(args):
 
     return TauDefinitions(quality_metric=args.quality_metric, rel_tol=args.rel_tol,
                           tau_gen_reference=args.tau_gen_reference, tau_mem_method=args.tau_mem_method,
+                          tau_mem_interval=args.tau_mem_interval,
                           phase_multiples=tuple(_floats(args.phase_multiples, "--phase-multiples")))
 
 

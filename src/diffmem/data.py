@@ -274,6 +274,25 @@ def _check_dtype(a: np.ndarray, where: str) -> np.ndarray:
     return a
 
 
+def npz_pick(path, keys: list[str], key: str | None = None, role: str | None = None) -> str:
+    """Which array of an ``.npz`` holding ``keys`` to read (the rule of :func:`load_array`)."""
+    data_keys = [k for k in keys if k not in _LABEL_KEYS] or keys
+    if not keys:
+        raise DiffmemError(f"{path} holds no arrays")
+    if key is not None:
+        if key not in keys:
+            raise DiffmemError(f"{path} has no array {key!r}; it holds: {', '.join(keys)}")
+        return key
+    if len(data_keys) == 1:
+        return data_keys[0]
+    if role is not None and role in keys:
+        return role
+    generic = [k for k in _GENERIC_KEYS if k in keys]
+    if len(generic) != 1:
+        raise DiffmemError(f"{path} holds several arrays ({', '.join(keys)}); say which with {path}?key=KEY")
+    return generic[0]
+
+
 def load_array(path, role: str | None = None, key: str | None = None, with_labels: bool = False):
     """Read a numeric array from ``.npy`` (memory-mapped, never loaded whole) or ``.npz`` (never pickles).
 
@@ -316,23 +335,7 @@ def load_array(path, role: str | None = None, key: str | None = None, with_label
             raise DiffmemError(f"cannot read {path} as a .npz archive: {str(e).splitlines()[0]}") from None
         with z:
             keys = list(z.files)
-            data_keys = [k for k in keys if k not in _LABEL_KEYS] or keys
-            if not keys:
-                raise DiffmemError(f"{path} holds no arrays")
-            if key is not None:
-                if key not in keys:
-                    raise DiffmemError(f"{path} has no array {key!r}; it holds: {', '.join(keys)}")
-                pick = key
-            elif len(data_keys) == 1:
-                pick = data_keys[0]
-            elif role is not None and role in keys:
-                pick = role
-            else:
-                generic = [k for k in _GENERIC_KEYS if k in keys]
-                if len(generic) != 1:
-                    raise DiffmemError(f"{path} holds several arrays ({', '.join(keys)}); say which "
-                                       f"with {path}?key=KEY")
-                pick = generic[0]
+            pick = npz_pick(path, keys, key, role)
             try:
                 a = z[pick]
                 if with_labels:

@@ -6,7 +6,9 @@ metric records of one checkpoint (long format ``{"step", "metric", "value",
 
 * ``f_mem`` — memorisation fraction of ``eval.n_samples`` generated samples
   (ratio test ``d1/d2 < threshold`` against the n training points; bootstrap
-  stderr as ``error``, 95 % interval as ``ci_low``/``ci_high``).  The sample
+  stderr as ``error``, 95 % interval as ``ci_low``/``ci_high``; the Wilson
+  95 % interval, honest at 0 and 1, as ``wilson_low``/``wilson_high``, with
+  ``n_flagged`` of ``n`` samples).  The sample
   seeds are the same at every checkpoint, so sample j can be followed over
   training.
 * ``quality/fd_pixel``, ``quality/fd_feat``, ``quality/kid`` — sample quality
@@ -174,7 +176,9 @@ class Evaluator:
         if len(s_ok):
             fm = memorization_fraction(s_ok, self.train_set.cpu(), threshold=e.threshold, n_boot=e.n_boot,
                                        seed=int(step))
-            rec("f_mem", fm["f_mem"], fm["stderr"], ci_low=fm["ci95"][0], ci_high=fm["ci95"][1])
+            rec("f_mem", fm["f_mem"], fm["stderr"], ci_low=fm["ci95"][0], ci_high=fm["ci95"][1],
+                wilson_low=fm["ci95_wilson"][0], wilson_high=fm["ci95_wilson"][1], n_flagged=fm["n_flagged"],
+                n=fm["n_samples"])
             if self.quality is not None:
                 for name, (val, err) in self.quality(s_ok, e.quality).items():
                     rec(f"quality/{name}", val, err)

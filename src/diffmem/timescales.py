@@ -19,7 +19,8 @@ Definitions (defaults)
     move τ_gen: the first crossing is always at or before the best point.
 τ_mem  (:func:`tau_mem`)
     ``method="significant"`` (default): the first checkpoint where f_mem is
-    significantly above 0 — lower bootstrap bound ``ci_low > 0`` (else
+    significantly above 0 — lower bound ``ci_low > 0`` (the analysis passes
+    the Wilson 95 % bound, honest at f_mem = 0; a bootstrap bound also works) (else
     ``f − 1.96·stderr > 0``, else ``f > 0``) — and stays so for ``persist = 2``
     consecutive checkpoints (or until the end of the run).  Interval: the
     bracketing checkpoints [previous, this], widened by a parametric

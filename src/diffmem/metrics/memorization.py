@@ -17,6 +17,12 @@ samples.  Conventions:
   ``stderr`` is the standard deviation of the bootstrap means and ``ci95`` the
   2.5 / 97.5 % percentiles.  With ``n_boot = 0`` the binomial standard error
   ``sqrt(f(1−f)/M)`` and a Wilson 95 % interval are returned instead.
+* The bootstrap interval collapses to ``[0, 0]`` when no sample is flagged
+  (and to ``[1, 1]`` when all are): resampling zeros gives zeros.  Beside it
+  every result carries two binomial intervals that stay honest at 0 and 1:
+  ``ci95_wilson`` (Wilson score interval) and ``ci95_exact`` (Clopper–Pearson,
+  never below nominal coverage).  0 of 200 flagged: Wilson [0, 0.0188],
+  Clopper–Pearson [0, 0.0183].  :func:`binomial_interval` computes both.
 """
 
 from __future__ import annotations
@@ -29,7 +35,7 @@ import torch
 from ..errors import DiffmemError
 from .nn import _rows, two_nearest
 
-__all__ = ["memorization_fraction", "nearest_ratios", "bootstrap_fraction", "validate_pair"]
+__all__ = ["memorization_fraction", "nearest_ratios", "bootstrap_fraction", "binomial_interval", "validate_pair"]
 
 
 def _check_finite(x, name: str, chunk: int = 8192) -> None:
@@ -101,24 +107,54 @@ def _nearest(S, T, **nn_kwargs) -> dict:
     return {"d1": d1, "d2": d2, "nearest": i1.astype(np.int64), "ratio": ratio}
 
 
+def binomial_interval(k: int, m: int, method: str = "wilson", level: float = 0.95) -> list[float]:
+    """Two-sided interval ``[low, high]`` for a proportion from ``k`` successes in ``m`` trials.
+
+    ``method="wilson"``: the Wilson score interval (Wilson 1927); ``"exact"``:
+    Clopper–Pearson (beta quantiles; coverage never below ``level``).  Both
+    give a positive upper bound at ``k = 0`` and a lower bound below 1 at
+    ``k = m``, where a bootstrap interval degenerates to a point.
+    """
+    k, m = int(k), int(m)
+    if m < 1 or not 0 <= k <= m:
+        raise DiffmemError(f"binomial interval needs 0 ≤ k ≤ m and m ≥ 1, got k={k}, m={m}")
+    alpha = 1.0 - float(level)
+    if method == "wilson":
+        from statistics import NormalDist
+
+        z = NormalDist().inv_cdf(1 - alpha / 2)
+        f = k / m
+        den = 1 + z * z / m
+        c = (f + z * z / (2 * m)) / den
+        h = z * math.sqrt(f * (1 - f) / m + z * z / (4 * m * m)) / den
+        lo, hi = max(0.0, c - h), min(1.0, c + h)
+        return [0.0 if k == 0 else lo, 1.0 if k == m else hi]
+    if method == "exact":
+        from scipy.stats import beta
+
+        lo = 0.0 if k == 0 else float(beta.ppf(alpha / 2, k, m - k + 1))
+        hi = 1.0 if k == m else float(beta.ppf(1 - alpha / 2, k + 1, m - k))
+        return [lo, hi]
+    raise DiffmemError(f"unknown binomial interval {method!r}; use wilson or exact")
+
+
 def bootstrap_fraction(flags: np.ndarray, n_boot: int = 1000, seed: int = 0) -> dict:
-    """Fraction of set flags with bootstrap ``stderr``, ``ci95`` and ``boot_mean``."""
+    """Fraction of set flags with bootstrap ``stderr``, ``ci95`` and ``boot_mean``, plus the binomial
+    intervals ``ci95_wilson`` and ``ci95_exact`` (Clopper–Pearson) and the count ``n_flagged``."""
     flags = np.asarray(flags, dtype=bool)
     m, k = flags.size, int(flags.sum())
     f = k / m
     if n_boot < 0:
         raise DiffmemError(f"n_boot must be ≥ 0, got {n_boot}")
+    exact = {"n_flagged": k, "ci95_wilson": binomial_interval(k, m, "wilson"),
+             "ci95_exact": binomial_interval(k, m, "exact")}
     if n_boot == 0:
-        z = 1.959963984540054
-        den = 1 + z * z / m
-        c = (f + z * z / (2 * m)) / den
-        h = z * math.sqrt(f * (1 - f) / m + z * z / (4 * m * m)) / den
-        return {"f_mem": f, "stderr": math.sqrt(f * (1 - f) / m), "ci95": [max(0.0, c - h), min(1.0, c + h)],
-                "boot_mean": f}
+        return {"f_mem": f, "stderr": math.sqrt(f * (1 - f) / m), "ci95": list(exact["ci95_wilson"]),
+                "boot_mean": f, **exact}
     boots = np.random.default_rng(seed).binomial(m, f, size=int(n_boot)) / m
     lo, hi = np.percentile(boots, [2.5, 97.5])
     return {"f_mem": f, "stderr": float(boots.std(ddof=1)) if n_boot > 1 else 0.0,
-            "ci95": [float(lo), float(hi)], "boot_mean": float(boots.mean())}
+            "ci95": [float(lo), float(hi)], "boot_mean": float(boots.mean()), **exact}
 
 
 def memorization_fraction(samples, train, threshold: float = 1 / 3, n_boot: int = 1000, seed: int = 0,

@@ -46,6 +46,11 @@ def _rows(x, name: str):
     if torch.is_tensor(x):
         if x.dtype.is_complex or x.dtype == torch.bool:
             raise DiffmemError(f"{name} must be real numbers, got dtype {x.dtype}")
+    elif not isinstance(x, np.ndarray) and getattr(x, "ndim", None) == 2 and hasattr(x, "__getitem__"):
+        # a block source (diffmem.audit_sources.Rows): rows[a:b] and rows[int array] give float blocks
+        if np.dtype(x.dtype).kind != "f":
+            raise DiffmemError(f"{name} must be a float block source, got dtype {x.dtype}")
+        return x
     else:
         x = np.asarray(x)
         if x.dtype.kind not in "fiu":
@@ -120,7 +125,8 @@ def choose_blocks(m: int, n: int, d: int, itemsize: int = 4, max_bytes: int = DE
 @torch.no_grad()
 def two_nearest(queries, refs, *, block_q: int | None = None, block_r: int | None = None,
                 max_bytes: int = DEFAULT_MAX_BYTES, dtype: torch.dtype = torch.float32,
-                device: str | torch.device | None = None, centre: bool = True, refine: bool = True):
+                device: str | torch.device | None = None, centre: bool = True, refine: bool = True,
+                with_second: bool = False):
     """Euclidean distances from each query to its nearest and second-nearest reference.
 
     Args:
@@ -140,9 +146,13 @@ def two_nearest(queries, refs, *, block_q: int | None = None, block_r: int | Non
     Inputs are assumed finite (:func:`~diffmem.metrics.memorization.validate_pair`
     checks them).
 
+        with_second: also return ``idx2 [M]``, the row of the second-nearest reference.
+            ``refs`` may also be a block source (``refs[a:b]``, ``refs[int array]``,
+            ``shape``, ``ndim == 2``, a float ``dtype``), e.g. an image folder read in blocks.
+
     Returns:
         ``(d1 [M], d2 [M], idx1 [M])`` with ``d1 ≤ d2`` and ``idx1`` the row of
-        the nearest reference.  Tensors (on ``device``) when ``queries`` is a
+        the nearest reference (``+ (idx2 [M],)`` with ``with_second``).  Tensors (on ``device``) when ``queries`` is a
         tensor, numpy arrays otherwise.
     """
     as_numpy = not torch.is_tensor(queries)
@@ -170,7 +180,7 @@ def two_nearest(queries, refs, *, block_q: int | None = None, block_r: int | Non
     best_v = torch.full((M, 2), math.inf, dtype=dtype, device=device)
     best_i = torch.zeros((M, 2), dtype=torch.long, device=device)
     if M == 0:
-        return _out(best_v[:, 0], best_v[:, 1], best_i[:, 0], as_numpy)
+        return _out(best_v[:, 0], best_v[:, 1], best_i[:, 0], as_numpy, best_i[:, 1] if with_second else None)
 
     mean = _centre(R, dtype, device) if centre else None
     Qc = None
@@ -222,10 +232,9 @@ def two_nearest(queries, refs, *, block_q: int | None = None, block_r: int | Non
                 qb = qb - mean
             qn[qs : qs + bq] = qb.square().sum(1)
         d12 = (best_v + qn.unsqueeze(1)).clamp_min(0).sqrt()
-    return _out(d12[:, 0], d12[:, 1], best_i[:, 0], as_numpy)
+    return _out(d12[:, 0], d12[:, 1], best_i[:, 0], as_numpy, best_i[:, 1] if with_second else None)
 
 
-def _out(d1, d2, i1, as_numpy):
-    if as_numpy:
-        return d1.cpu().numpy(), d2.cpu().numpy(), i1.cpu().numpy()
-    return d1, d2, i1
+def _out(d1, d2, i1, as_numpy, i2=None):
+    out = (d1, d2, i1) + (() if i2 is None else (i2,))
+    return tuple(t.cpu().numpy() for t in out) if as_numpy else out
