@@ -310,7 +310,7 @@ def register(sub) -> None:
 
     q = ts.add_parser("generative", help="f_mem and sample quality of the RF generative model against tau, per n")
     q.add_argument("--p", type=int, default=256, help="number of random features (default 256)")
-    generative_options(q, "4,16,64,1024", "10,100,1e3,1e4,1e5,1e6,1e7,inf", 200)
+    generative_options(q, "4,16,64,1024", ",".join(f"1e{k}" for k in range(1, 12)) + ",inf", 200)
     q.set_defaults(func=cmd_generative)
 
     q = ts.add_parser("phase", help="(n, p) phase diagram of the RF generative model at a few tau (incl. inf)")

@@ -200,7 +200,7 @@ def _grid(steps, sigma_min, sigma_max):
 
 
 def generative_curve(d: int = 8, p: int = 256, ns: Sequence[int] = (4, 16, 64, 1024),
-                     taus: Sequence[float] = (10, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, math.inf), samples: int = 200,
+                     taus: Sequence[float] = tuple(10.0 ** np.arange(1, 12)) + (math.inf,), samples: int = 200,
                      seed: int = 0, steps: int = 24, sigma_min: float = 0.005, sigma_max: float = 40.0,
                      n_rows: int = 8192, act: str = "tanh") -> dict:
     """f_mem, f_mem_pm and Fréchet distance of the RF generative model against τ for each n (issue #13
@@ -241,7 +241,9 @@ def phase_diagram(d: int = 8, ps: Sequence[int] = (16, 32, 64, 128, 256),
 
     ``f_mem[i][j][k]`` (and ``f_mem_pm``, ``frechet``) at p = ps[i], n = ns[j], τ = taus[k];
     ``n_star[i][k]``: the smallest n of the grid from which f_mem ≤ ``zero`` for every larger n
-    (None if never), ``n_star_pm`` the same for f_mem_pm."""
+    (None if never), ``n_star_pm`` the same for f_mem_pm; ``slope_n_star[k]`` the log-log slope of n* against p."""
+    from .taumem import loglog_slope
+
     ps, ns, taus = sorted(int(v) for v in ps), sorted(int(v) for v in ns), sorted(float(v) for v in taus)
     check_settings(d, ps, ns, taus, samples, steps, sigma_min, sigma_max, n_rows, seed, act)
     if not 0 <= zero < 1:
@@ -265,6 +267,8 @@ def phase_diagram(d: int = 8, ps: Sequence[int] = (16, 32, 64, 128, 256),
                        "sigma_min": sigma_min, "sigma_max": sigma_max, "n_rows": n_rows, "act": act, "zero": zero},
             **out, "n_star": [[n_star(out["f_mem"], i, k) for k in range(len(taus))] for i in range(len(ps))],
             "n_star_pm": [[n_star(out["f_mem_pm"], i, k) for k in range(len(taus))] for i in range(len(ps))],
+            "slope_n_star": [loglog_slope(ps, [n_star(out["f_mem"], i, k) or np.nan for i in range(len(ps))])
+                             for k in range(len(taus))],
             "seconds": time.perf_counter() - t0}
 
 
@@ -360,4 +364,6 @@ def phase_lines(res: dict) -> list[str]:
             lines.append(f"    p={p:<5d} " + " ".join(f"{res['f_mem'][i][j][k]:.2f}({res['f_mem_pm'][i][j][k]:.2f})"
                                                for j in range(len(pr["n"])))
                          + f"   n* = {res['n_star'][i][k]} (±X: {res['n_star_pm'][i][k]})")
+        sl = res["slope_n_star"][k]
+        lines.append(f"    slope of n* against p: {'n/a' if sl is None else f'{sl:.2f}'}")
     return lines
