@@ -264,10 +264,11 @@ def run_audit(train: str | None, samples: str, *, threshold: float = 1 / 3, n_bo
         raise DiffmemError(f"--gallery-k must be ≥ 1, got {gallery_k}")
     outs = {"out": _check_out(out, (), "--out"), "gallery": _check_out(gallery, (".png",), "--gallery"),
             "html": _check_out(gallery_html, (".html", ".htm"), "--gallery-html")}
+    T = open_rows(train, "train") if train is not None else None
     S = open_rows(samples, "samples")
-    if train is None and S.run is None:
+    if T is None and S.run is None:
         raise DiffmemError("--train is required unless --samples is a diffmem run directory (RUN[@STEP])")
-    T = open_rows(train if train is not None else str(S.run.path), "train")
+    T = T if T is not None else open_rows(str(S.run.path), "train")
     if space == "pixels":
         _check_pair(T, S, threshold)
     Td, Sd = _distance_rows(space, T, S, train_emb, samples_emb, feature_run)
@@ -276,15 +277,15 @@ def run_audit(train: str | None, samples: str, *, threshold: float = 1 / 3, n_bo
     if T.d == S.d:
         check = compare_spaces(space_stats(T), space_stats(S))
         same_run = T.run is not None and S.run is not None and T.run.path.resolve() == S.run.path.resolve()
-        msg = (f"the two sides look like different spaces: value range {check['samples']['q_lo']:.3g}..."
+        msg = (f"value range {check['samples']['q_lo']:.3g}..."
                f"{check['samples']['q_hi']:.3g} (samples) vs {check['train']['q_lo']:.3g}..."
                f"{check['train']['q_hi']:.3g} (train), range ratio {check['range_ratio']:.3g}, mean shift "
                f"{check['mean_shift']:.3g} training spreads")
         if check["verdict"] == "refuse" and not (allow_space_mismatch or same_run):
-            raise DiffmemError(msg + "; put both in one space (uint8 or [-1, 1] images, uncentred: diffmem sample "
+            raise DiffmemError("the two sides look like different spaces: " + msg + "; put both in one space (uint8 or [-1, 1] images, uncentred: diffmem sample "
                                "--space data, diffmem export-train) or pass --allow-space-mismatch")
         if check["verdict"] != "ok" and not same_run:
-            warn(msg)
+            warn("the two sides may be in different spaces: " + msg)
     r, per = audit_rows(Td, Sd, threshold, n_boot, seed, progress=progress)
     r["train"], r["samples"], r["space"] = str(T.name), str(S.name), space
     r["space_check"] = check

@@ -367,7 +367,10 @@ def open_rows(spec: str, role: str) -> Rows:
     ran = _run_of(spec)
     if ran is not None:
         return _run_rows(*ran, role)
-    path = Path(spec.partition("?")[0]).expanduser()
+    head = spec.partition("?")[0]
+    if head.lower().rpartition(":")[0].endswith(".npz"):
+        _split_key(spec)  # FILE.npz:KEY -> the one-line hint to write FILE.npz?key=KEY
+    path = Path(head).expanduser()
     if path.suffix.lower() in (".npy", ".npz"):
         return _array_rows(spec, role)
     if path.is_file():
@@ -411,7 +414,7 @@ def load_embeddings(spec: str, rows: Rows, role: str) -> ArrayRows:
 
 # ---------------------------------------------------------------------------- one space for both sides
 
-SPACE_REFUSE = {"range_ratio": 1.8, "mean_shift": 1.0}
+SPACE_REFUSE = {"range_ratio": 1.8, "mean_shift": 1.0, "spread_ratio": 2.0}
 SPACE_WARN = {"range_ratio": 1.3, "mean_shift": 0.5}
 
 
@@ -434,15 +437,22 @@ def space_stats(rows: Rows, max_rows: int = 2048) -> dict:
 
 
 def compare_spaces(train: dict, samples: dict) -> dict:
-    """Do the two sides live in one space?  Returns ``range_ratio``, ``mean_shift`` and ``verdict``.
+    """Do the two sides live in one space?  Returns ``range_ratio``, ``mean_shift``, ``spread_ratio``, ``verdict``.
 
-    ``range_ratio``: the larger over the smaller width of the 0.1–99.9 %
-    value range (1 when equal): [0, 1] against [−1, 1] images gives 2,
-    [0, 255] against [−1, 1] gives 127.  ``mean_shift``: distance between the
-    two mean rows over the training spread (the RMS distance of a training row
-    to its mean): a centred set against an uncentred one gives about 1 on
-    digits.  ``verdict``: ``"refuse"`` beyond :data:`SPACE_REFUSE`, ``"warn"``
-    beyond :data:`SPACE_WARN`, else ``"ok"``.
+    * ``range_ratio``: the larger over the smaller width of the 0.1–99.9 %
+      value ranges: [0, 1] against [−1, 1] images gives 2, [0, 255] gives 127.
+    * ``mean_shift``: the distance between the two mean rows over the training
+      spread (RMS distance of a training row to its mean).  Centred samples
+      against uncentred digits give 1.2.
+    * ``spread_ratio``: sample spread over training spread.
+
+    ``verdict``: ``"refuse"`` when the ranges differ by more than 1.8× (a
+    different scaling), or when the means are more than one spread apart
+    while the spreads agree within 2× (a shifted copy of the same
+    distribution: a different centring).  A generator collapsed onto one or a
+    few training images also moves its mean by about one spread, but its
+    spread collapses with it, so it is not refused -- it is exactly what the
+    audit must see.  ``"warn"`` beyond 1.3× or half a spread; else ``"ok"``.
     """
     wt, ws = train["q_hi"] - train["q_lo"], samples["q_hi"] - samples["q_lo"]
     if min(wt, ws) <= 0:
@@ -450,11 +460,15 @@ def compare_spaces(train: dict, samples: dict) -> dict:
     else:
         ratio = max(wt, ws) / min(wt, ws)
     shift = float(np.linalg.norm(train["mean_row"] - samples["mean_row"]) / max(train["spread"], 1e-12))
+    spread = samples["spread"] / max(train["spread"], 1e-12)
     verdict = "ok"
-    for level, lim in (("warn", SPACE_WARN), ("refuse", SPACE_REFUSE)):
-        if ratio > lim["range_ratio"] or shift > lim["mean_shift"]:
-            verdict = level
-    return {"range_ratio": float(ratio), "mean_shift": shift, "verdict": verdict,
+    if ratio > SPACE_WARN["range_ratio"] or shift > SPACE_WARN["mean_shift"]:
+        verdict = "warn"
+    lim = SPACE_REFUSE
+    if ratio > lim["range_ratio"] or (shift > lim["mean_shift"] and 1 / lim["spread_ratio"] <= spread
+                                      <= lim["spread_ratio"]):
+        verdict = "refuse"
+    return {"range_ratio": float(ratio), "mean_shift": shift, "spread_ratio": float(spread), "verdict": verdict,
             "train": {k: v for k, v in train.items() if k != "mean_row"},
             "samples": {k: v for k, v in samples.items() if k != "mean_row"}}
 

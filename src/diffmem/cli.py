@@ -129,14 +129,28 @@ def cmd_train(args) -> int:
 
 def cmd_sample(args) -> int:
     from .evaluate import sample_run
-    from .fileio import atomic_write_npy
+    from .export import check_output, to_space, write_rows
+    from .rundir import Run
 
-    out = _out_file(args.out, (".npy",))
+    out, kind, space = check_output(args.out, args.space, "model", Run(args.run).data_shape())
     x, info = sample_run(args.run, args.step, n_samples=args.n_samples, seed=args.seed, sampler=args.sampler,
                          steps=args.steps, device=args.device)
-    atomic_write_npy(out, x)
+    write_rows(out, kind, to_space(Run(args.run), x, space))
     print(f"wrote {len(x)} samples ({info['sampler']}, {info['steps']} steps, seeds {info['seeds'][0]}.."
-          f"{info['seeds'][1]}, step {info['step']}) of shape {tuple(x.shape[1:])} to {out}")
+          f"{info['seeds'][1]}, step {info['step']}) of shape {tuple(x.shape[1:])} in {space} space to {out}"
+          + (" (PNG images)" if kind == "png" else ""))
+    return 0
+
+
+def cmd_export_train(args) -> int:
+    from .export import check_output, run_training_set, write_rows
+    from .rundir import Run
+
+    out, kind, space = check_output(args.out, args.space, "data", Run(args.run).data_shape())
+    x, info = run_training_set(args.run, space)
+    write_rows(out, kind, x)
+    print(f"wrote the {len(x)} training images of {args.run} (data {info['data']!r}, n = {info['n']}, subset_seed "
+          f"{info['subset_seed']}) in {space} space to {out}" + (" (PNG images)" if kind == "png" else ""))
     return 0
 
 
@@ -232,8 +246,18 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--steps", type=int, help="sampler steps (default: the run's eval.sampler_steps for its own "
                    "sampler, else the sampler's default)")
     q.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
-    q.add_argument("--out", required=True, help="output .npy file (model space, as RUN/samples)")
+    q.add_argument("--space", choices=["model", "data"],
+                   help="model: centred as in training, as RUN/samples (default for .npy); data: uncentred [-1, 1], "
+                        "the space of image files (always for PNGs)")
+    q.add_argument("--out", required=True, help="output .npy file, or a new folder for PNG images (data space)")
     q.set_defaults(func=cmd_sample)
+
+    q = sub.add_parser("export-train", help="write a run's training subset (data space by default; .npy or PNGs)")
+    q.add_argument("--run", required=True, help="run directory")
+    q.add_argument("--space", choices=["data", "model"], help="data (default): uncentred [-1, 1], as image files; "
+                   "model: centred as in training")
+    q.add_argument("--out", required=True, help="output .npy file, or a new folder for PNG images (data space)")
+    q.set_defaults(func=cmd_export_train)
 
     q = sub.add_parser("evaluate", help="re-evaluate saved checkpoints of a run")
     q.add_argument("--run", required=True, help="run directory")

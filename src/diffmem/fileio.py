@@ -13,7 +13,8 @@ import os
 from pathlib import Path
 from typing import Any, Callable
 
-__all__ = ["atomic_write", "atomic_write_text", "atomic_write_json", "atomic_write_npy", "save_figure"]
+__all__ = ["atomic_write", "atomic_write_text", "atomic_write_json", "atomic_write_npy", "atomic_write_folder",
+           "save_figure"]
 
 
 
@@ -75,3 +76,26 @@ def save_figure(fig, path: str | Path, **savefig_kw) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     return atomic_write(path, lambda p: p.write_bytes(buf.getvalue()))
+
+
+def atomic_write_folder(path: str | Path, fill: Callable[[Path], None]) -> Path:
+    """Create the folder ``path`` atomically: ``fill(tmp)`` writes into a temporary sibling folder, which is
+    then renamed to ``path``.  ``path`` must not exist, or be an empty folder; on failure nothing is left."""
+    import shutil
+
+    path = Path(path)
+    if path.exists() and (not path.is_dir() or any(path.iterdir())):
+        raise FileExistsError(f"{path} exists and is not an empty folder")
+    tmp = path.with_name(f".{path.name}.tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    try:
+        fill(tmp)
+        if path.exists():
+            path.rmdir()
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+    return path
