@@ -7,7 +7,7 @@ import torch
 
 from diffmem.cli import main
 from diffmem.schedules import karras_sigmas
-from diffmem.theory.generative import fit_levels, phase_diagram, sample_metrics
+from diffmem.theory.generative import RFDenoiser, fit_levels, phase_diagram, sample_metrics
 
 TINY = ["--d", "4", "--samples", "24", "--steps", "8", "--n-rows", "512", "--sigma-min", "0.01", "--sigma-max", "10"]
 
@@ -56,6 +56,7 @@ def test_phase_contract(capsys, tmp_path):
     ("generative", ["--sigma-min", "5", "--sigma-max", "1"]),
     ("generative", ["--activation", "sin"]),
     ("generative", ["--p", "20000"]),  # too large: refused before any fit
+    ("generative", ["--bias", "-1"]),
     ("phase", ["--p", "16,2.5"]),
     ("phase", ["--zero", "1.5"]),
     ("phase", ["--steps", "1"]),
@@ -84,5 +85,13 @@ def test_odd_model_memorises_mirror_images():
     against ±X nearly every sample is a copy, against X about half."""
     sig = karras_sigmas(12, sigma_min=0.01, sigma_max=20.0)
     m = fit_levels(6, 64 / 6, 4, sig, seed=0, n_rows=2048)
+    x = torch.randn(5, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    s = torch.full((5,), float(sig[4]), dtype=torch.float64)
+    den = RFDenoiser(m, float("inf"))
+    assert torch.allclose(den(-x, s), -den(x, s), rtol=0, atol=1e-12)
     r = sample_metrics(m, float("inf"), sig, 64, 0)
     assert r["f_mem_pm"] >= 0.85 and 0.25 <= r["f_mem"] <= 0.75, r
+    # random feature biases break the symmetry: nearly every sample is then a copy of a training point
+    mb = fit_levels(6, 64 / 6, 4, sig, seed=0, n_rows=2048, bias=1.0)
+    assert not torch.allclose(RFDenoiser(mb, float("inf"))(-x, s), -RFDenoiser(mb, float("inf"))(x, s))
+    assert sample_metrics(mb, float("inf"), sig, 64, 0)["f_mem"] >= 0.85

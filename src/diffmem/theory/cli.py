@@ -192,7 +192,7 @@ def cmd_threshold(args) -> int:
 def _gen_kw(args) -> dict:
     return dict(d=args.d, ns=_ints(args.n, "--n"), taus=_floats(args.tau, "--tau"), samples=args.samples,
                 seed=args.seed, steps=args.steps, sigma_min=args.sigma_min, sigma_max=args.sigma_max,
-                n_rows=args.n_rows, act=args.activation)
+                n_rows=args.n_rows, act=args.activation, bias=args.bias)
 
 
 def cmd_generative(args) -> int:
@@ -306,6 +306,8 @@ def register(sub) -> None:
         q.add_argument("--sigma-min", type=float, default=0.005, help="smallest sigma (default 0.005)")
         q.add_argument("--sigma-max", type=float, default=40.0, help="largest sigma (default 40)")
         q.add_argument("--n-rows", type=int, default=8192, help="feature rows per level for U, V (default 8192)")
+        q.add_argument("--bias", type=float, default=0.0, help="std of random feature biases (default 0: BUBM25's "
+                                                               "odd, bias-free model, which memorises ±x_i)")
         common(q)
 
     q = ts.add_parser("generative", help="f_mem and sample quality of the RF generative model against tau, per n")

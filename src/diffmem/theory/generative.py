@@ -34,6 +34,10 @@ from ..schedules import sigma_to_ou_t, vp_scale
 from .constants import activation
 from .rf import make_problem, real_matrices
 
+def _bias_rng(seed: int) -> np.random.Generator:
+    return np.random.default_rng(np.random.SeedSequence([int(seed), 17]))  # apart from rf.py's streams 0-4, 100+
+
+
 __all__ = ["RFGenerative", "fit_levels", "RFDenoiser", "closed_form_B", "check_settings", "sample_metrics",
            "generative_curve", "phase_diagram", "plot_generative", "plot_phase", "curve_lines", "phase_lines"]
 
@@ -53,6 +57,7 @@ class RFGenerative:
     psi_p: float
     act: str
     seconds: float
+    b: np.ndarray | None = None  # [p] feature biases (None: BUBM25's bias-free model)
 
     @property
     def d(self) -> int:
@@ -84,21 +89,28 @@ def closed_form_B(lam: np.ndarray, Q: np.ndarray, C: np.ndarray, delta: float, p
 
 
 def fit_levels(d: int, psi_p: float, n: int, sigmas: Sequence[float], seed: int = 0, n_rows: int = 8192,
-               act: str = "tanh") -> RFGenerative:
-    """Build one level per positive σ of ``sigmas`` (see the module doc); cost K · n_rows · p² flops."""
+               act: str = "tanh", bias: float = 0.0) -> RFGenerative:
+    """Build one level per positive σ of ``sigmas`` (see the module doc); cost K · n_rows · p² flops.
+
+    ``bias > 0`` (not BUBM25's model) gives every feature a fixed random bias b_j ~ N(0, bias²) (seeded,
+    shared by all levels): σ(W x/√d + b) is no longer odd, which lifts the f_mem ≤ ~1/2 cap below."""
     sg = np.asarray(sigmas, float)
     sg = sg[sg > 0]
     if sg.size == 0 or not np.all(np.isfinite(sg)):
         raise DiffmemError("sigmas must hold at least one positive finite noise level")
     if not (isinstance(n, (int, np.integer)) and n >= 1):
         raise DiffmemError(f"n must be a positive integer, got {n!r}")
+    if not (math.isfinite(bias) and bias >= 0):
+        raise DiffmemError(f"bias must be a non-negative number, got {bias!r}")
     t0 = time.perf_counter()
     lams, Qs, Cs, ts, deltas = [], [], [], [], []
-    prob = None
+    prob = b = None
     for s in sg:
         t = float(sigma_to_ou_t(s))
         prob = make_problem(d, psi_p, n / d, t, seed=seed, act=act)
-        m = real_matrices(prob, n_noise=max(2, int(math.ceil(n_rows / n))), tilde=False)
+        if b is None:
+            b = _bias_rng(seed).standard_normal(prob.p) * bias if bias > 0 else None
+        m = real_matrices(prob, n_noise=max(2, int(math.ceil(n_rows / n))), tilde=False, bias=b)
         lam, Q = np.linalg.eigh(m["U"])
         lams.append(lam)
         Qs.append(Q)
@@ -107,7 +119,7 @@ def fit_levels(d: int, psi_p: float, n: int, sigmas: Sequence[float], seed: int 
         deltas.append(prob.delta)
     return RFGenerative(sigmas=sg, ts=np.array(ts), deltas=np.array(deltas), lam=np.array(lams), Q=np.array(Qs),
                         C=np.array(Cs), W=prob.W, X=prob.X, psi_p=prob.psi_p, act=act,
-                        seconds=time.perf_counter() - t0)
+                        seconds=time.perf_counter() - t0, b=b)
 
 
 class RFDenoiser:
@@ -135,7 +147,8 @@ class RFDenoiser:
             k = int(np.argmin(np.abs(self._logs - math.log(s))))
             t = float(sigma_to_ou_t(s))
             xt = xs[rows] * float(vp_scale(s))
-            score = self._act(xt @ m.W.T / math.sqrt(m.d)) @ self.B[k].T
+            pre = xt @ m.W.T / math.sqrt(m.d)
+            score = self._act(pre if m.b is None else pre + m.b) @ self.B[k].T
             out[rows] = math.exp(t) * (xt - math.expm1(-2.0 * t) * score)  # e^t (x_t + Δ s), Δ = −expm1(−2t)
         return torch.from_numpy(out).to(dtype=x.dtype, device=x.device).reshape(x.shape)
 
@@ -149,11 +162,14 @@ class RFDenoiser:
 # and p ≫ n the model memorises the 2n points ±x_i, and half of its copies are mirror images, which the
 # ratio test against X does not count.  ``f_mem_pm`` applies the same test (threshold 1/3 unchanged)
 # against ±X, the set the model can memorise; ``f_mem`` (against X) stays the reported memorisation.
+# ReLU without bias has the other symmetry, s(λx) = λ s(x) for λ > 0: it can only collapse samples onto
+# rays through the x_i.  Random feature biases (``bias`` > 0, not BUBM25's model) remove both.
 
 _MAX_LEVEL_BYTES = 2e9  # Q [K, p, p] float64
 
 
-def check_settings(d, p, ns, taus, samples, steps, sigma_min, sigma_max, n_rows, seed, act="tanh") -> None:
+def check_settings(d, p, ns, taus, samples, steps, sigma_min, sigma_max, n_rows, seed, act="tanh",
+                   bias=0.0) -> None:
     """Refuse bad settings with one-line :class:`DiffmemError` before anything is computed or written."""
     def pos_int(v, name, lo=1):
         if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < lo:
@@ -172,6 +188,8 @@ def check_settings(d, p, ns, taus, samples, steps, sigma_min, sigma_max, n_rows,
     if not (0 < sigma_min < sigma_max < math.inf):
         raise DiffmemError(f"need 0 < sigma_min < sigma_max < inf, got {sigma_min!r}, {sigma_max!r}")
     activation(act)
+    if not (isinstance(bias, (int, float)) and math.isfinite(bias) and bias >= 0):
+        raise DiffmemError(f"bias must be a non-negative number, got {bias!r}")
     if steps * max(p) ** 2 * 8 > _MAX_LEVEL_BYTES:
         raise DiffmemError(f"{steps} levels of p = {max(p)} need {steps * max(p) ** 2 * 8 / 1e9:.1f} GB; "
                            "reduce p or steps")
@@ -202,7 +220,7 @@ def _grid(steps, sigma_min, sigma_max):
 def generative_curve(d: int = 8, p: int = 256, ns: Sequence[int] = (4, 16, 64, 1024),
                      taus: Sequence[float] = tuple(10.0 ** np.arange(1, 12)) + (math.inf,), samples: int = 200,
                      seed: int = 0, steps: int = 24, sigma_min: float = 0.005, sigma_max: float = 40.0,
-                     n_rows: int = 8192, act: str = "tanh") -> dict:
+                     n_rows: int = 8192, act: str = "tanh", bias: float = 0.0) -> dict:
     """f_mem, f_mem_pm and Fréchet distance of the RF generative model against τ for each n (issue #13
     item 4): one :func:`fit_levels` per n (W and the Karras σ grid shared), Heun with ``steps`` steps.
     ``tau_half`` (and ``tau_half_pm``) is the first τ at which f_mem (f_mem_pm) reaches half its last
@@ -211,12 +229,12 @@ def generative_curve(d: int = 8, p: int = 256, ns: Sequence[int] = (4, 16, 64, 1
     from .taumem import loglog_slope
 
     ns, taus = [int(v) for v in ns], sorted(float(v) for v in taus)
-    check_settings(d, [p], ns, taus, samples, steps, sigma_min, sigma_max, n_rows, seed, act)
+    check_settings(d, [p], ns, taus, samples, steps, sigma_min, sigma_max, n_rows, seed, act, bias)
     t0 = time.perf_counter()
     sig = _grid(steps, sigma_min, sigma_max)
     rows = []
     for n in ns:
-        m = fit_levels(d, p / d, n, sig, seed=seed, n_rows=n_rows, act=act)
+        m = fit_levels(d, p / d, n, sig, seed=seed, n_rows=n_rows, act=act, bias=bias)
         per = [sample_metrics(m, tau, sig, samples, seed) for tau in taus]
         row = {"n": n, **{k: [r[k] for r in per] for k in ("f_mem", "f_mem_pm", "frechet")}}
         for key in ("f_mem", "f_mem_pm"):
@@ -227,7 +245,7 @@ def generative_curve(d: int = 8, p: int = 256, ns: Sequence[int] = (4, 16, 64, 1
         rows.append(row)
     return {"params": {"d": d, "p": p, "psi_p": p / d, "n": ns, "tau": taus, "samples": samples, "seed": seed,
                        "steps": steps, "sigma_min": sigma_min, "sigma_max": sigma_max, "n_rows": n_rows,
-                       "act": act},
+                       "act": act, "bias": bias},
             "rows": rows, "slope_tau_half": loglog_slope(ns, [r["tau_half"] for r in rows]),
             "slope_tau_half_pm": loglog_slope(ns, [r["tau_half_pm"] for r in rows]),
             "seconds": time.perf_counter() - t0}
@@ -236,7 +254,8 @@ def generative_curve(d: int = 8, p: int = 256, ns: Sequence[int] = (4, 16, 64, 1
 def phase_diagram(d: int = 8, ps: Sequence[int] = (16, 32, 64, 128, 256),
                   ns: Sequence[int] = (2, 4, 8, 16, 32, 64, 128, 256, 512), taus: Sequence[float] = (1e3, 1e5, math.inf),
                   samples: int = 100, seed: int = 0, steps: int = 24, sigma_min: float = 0.005,
-                  sigma_max: float = 40.0, n_rows: int = 8192, act: str = "tanh", zero: float = 0.05) -> dict:
+                  sigma_max: float = 40.0, n_rows: int = 8192, act: str = "tanh", zero: float = 0.05,
+                  bias: float = 0.0) -> dict:
     """The (n, p) phase diagram of the generative model, closed form at each τ (no gradient descent).
 
     ``f_mem[i][j][k]`` (and ``f_mem_pm``, ``frechet``) at p = ps[i], n = ns[j], τ = taus[k];
@@ -245,7 +264,7 @@ def phase_diagram(d: int = 8, ps: Sequence[int] = (16, 32, 64, 128, 256),
     from .taumem import loglog_slope
 
     ps, ns, taus = sorted(int(v) for v in ps), sorted(int(v) for v in ns), sorted(float(v) for v in taus)
-    check_settings(d, ps, ns, taus, samples, steps, sigma_min, sigma_max, n_rows, seed, act)
+    check_settings(d, ps, ns, taus, samples, steps, sigma_min, sigma_max, n_rows, seed, act, bias)
     if not 0 <= zero < 1:
         raise DiffmemError(f"zero must be in [0, 1), got {zero!r}")
     t0 = time.perf_counter()
@@ -253,7 +272,7 @@ def phase_diagram(d: int = 8, ps: Sequence[int] = (16, 32, 64, 128, 256),
     out = {k: [[[0.0] * len(taus) for _ in ns] for _ in ps] for k in ("f_mem", "f_mem_pm", "frechet")}
     for i, p in enumerate(ps):
         for j, n in enumerate(ns):
-            m = fit_levels(d, p / d, n, sig, seed=seed, n_rows=n_rows, act=act)
+            m = fit_levels(d, p / d, n, sig, seed=seed, n_rows=n_rows, act=act, bias=bias)
             for k, tau in enumerate(taus):
                 for key, v in sample_metrics(m, tau, sig, samples, seed).items():
                     out[key][i][j][k] = v
@@ -264,12 +283,16 @@ def phase_diagram(d: int = 8, ps: Sequence[int] = (16, 32, 64, 128, 256),
         return ns[j0] if j0 < len(ns) else None
 
     return {"params": {"d": d, "p": ps, "n": ns, "tau": taus, "samples": samples, "seed": seed, "steps": steps,
-                       "sigma_min": sigma_min, "sigma_max": sigma_max, "n_rows": n_rows, "act": act, "zero": zero},
+                       "sigma_min": sigma_min, "sigma_max": sigma_max, "n_rows": n_rows, "act": act, "zero": zero, "bias": bias},
             **out, "n_star": [[n_star(out["f_mem"], i, k) for k in range(len(taus))] for i in range(len(ps))],
             "n_star_pm": [[n_star(out["f_mem_pm"], i, k) for k in range(len(taus))] for i in range(len(ps))],
             "slope_n_star": [loglog_slope(ps, [n_star(out["f_mem"], i, k) or np.nan for i in range(len(ps))])
                              for k in range(len(taus))],
             "seconds": time.perf_counter() - t0}
+
+
+def _model(pr: dict) -> str:
+    return pr["act"] + (f", feature biases N(0, {pr['bias']:g}²)" if pr.get("bias") else ", no bias")
 
 
 def _tau_label(t: float) -> str:
@@ -300,7 +323,7 @@ def plot_generative(res: dict, path) -> str:
         a.legend(fontsize=7)
     ax[1].set_yscale("log")
     pr = res["params"]
-    fig.suptitle(f"random-features generative model ({pr['act']}), d={pr['d']}, p={pr['p']}, {pr['samples']} samples")
+    fig.suptitle(f"random-features generative model ({_model(pr)}), d={pr['d']}, p={pr['p']}, {pr['samples']} samples")
     fig.tight_layout()
     save_figure(fig, path, dpi=110)
     plt.close(fig)
@@ -333,7 +356,7 @@ def plot_phase(res: dict, path) -> str:
         ax.set_title(f"f_mem at τ = {_tau_label(taus[k])}")
         ax.legend(fontsize=6, loc="upper left")
     fig.colorbar(im, ax=axes[0].tolist(), shrink=0.8)
-    fig.suptitle(f"phase diagram of the RF generative model ({pr['act']}), d={pr['d']}")
+    fig.suptitle(f"phase diagram of the RF generative model ({_model(pr)}), d={pr['d']}")
     save_figure(fig, path, dpi=110)
     plt.close(fig)
     return str(path)
@@ -341,7 +364,7 @@ def plot_phase(res: dict, path) -> str:
 
 def curve_lines(res: dict) -> list[str]:
     pr = res["params"]
-    lines = [f"RF generative model ({pr['act']}): d = {pr['d']}, p = {pr['p']} (psi_p = {pr['psi_p']:g}), "
+    lines = [f"RF generative model ({_model(pr)}): d = {pr['d']}, p = {pr['p']} (psi_p = {pr['psi_p']:g}), "
              f"{pr['steps']} Heun steps, {pr['samples']} samples, seed {pr['seed']} ({res['seconds']:.1f} s)",
              "  tau: " + " ".join(f"{_tau_label(t):>6s}" for t in pr["tau"])]
     for r in res["rows"]:
@@ -356,7 +379,7 @@ def curve_lines(res: dict) -> list[str]:
 
 def phase_lines(res: dict) -> list[str]:
     pr = res["params"]
-    lines = [f"phase diagram of the RF generative model ({pr['act']}): d = {pr['d']}, {pr['samples']} samples, "
+    lines = [f"phase diagram of the RF generative model ({_model(pr)}): d = {pr['d']}, {pr['samples']} samples, "
              f"{pr['steps']} Heun steps ({res['seconds']:.1f} s)"]
     for k, tau in enumerate(pr["tau"]):
         lines.append(f"  tau = {_tau_label(tau)}: f_mem (f_mem vs ±X) over n = {pr['n']}")

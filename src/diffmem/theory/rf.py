@@ -251,7 +251,7 @@ def _symmetrize_lower(C: np.ndarray) -> np.ndarray:
 
 
 def real_matrices(prob: RFProblem, n_noise: int = 64, seed: int | None = None, n_test: int | None = None,
-                  chunk_rows: int = 2048, tilde: bool = True) -> dict:
+                  chunk_rows: int = 2048, tilde: bool = True, bias: np.ndarray | None = None) -> dict:
     """U, V, Ũ, Ṽ from the real features σ(W x_t/√d), float64.
 
     ``U = (1/n) Σ_ν (1/n_noise) Σ_k σ σᵀ`` with x_t = e^{-t} x^ν + √Δ ξ_k,
@@ -259,7 +259,8 @@ def real_matrices(prob: RFProblem, n_noise: int = 64, seed: int | None = None, n
     E_ξ); V likewise with σ ξᵀ.  Ũ, Ṽ use ``n_test`` fresh (x, ξ) pairs
     (default ``n · n_noise``).  Work is done in blocks of ``chunk_rows`` rows
     of features, so memory is O(p² + chunk_rows · p); cost ≈ n · n_noise · p²
-    flops (one symmetric rank-k update per block).
+    flops (one symmetric rank-k update per block).  ``bias`` [p] (optional, not part of BUBM25's model)
+    adds a fixed bias to every pre-activation: σ(W x_t/√d + b).
     """
     _check_pos("n_noise", n_noise, integer=True)
     _check_pos("chunk_rows", chunk_rows, integer=True)
@@ -270,9 +271,12 @@ def real_matrices(prob: RFProblem, n_noise: int = 64, seed: int | None = None, n
     sd, et, sqd = math.sqrt(k.delta), math.exp(-prob.t), math.sqrt(d)
     rng = _rng(prob.seed, _STREAM_NOISE) if seed is None else _rng(int(seed), 100 + _STREAM_NOISE)
     Wt = prob.W.T / sqd  # [d, p]
+    b = np.zeros(p) if bias is None else np.asarray(bias, float).reshape(-1)
+    if b.shape != (p,) or not np.all(np.isfinite(b)):
+        raise DiffmemError(f"bias must hold p = {p} finite numbers, got shape {b.shape}")
 
     def features(xc, xi):
-        return np.ascontiguousarray(f((et * xc + sd * xi) @ Wt))  # [m, p]
+        return np.ascontiguousarray(f((et * xc + sd * xi) @ Wt + b))  # [m, p]
 
     # training matrices: blocks of whole points, each repeated n_noise times
     pts = max(1, int(chunk_rows) // n_noise)
