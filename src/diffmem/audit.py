@@ -60,6 +60,7 @@ from .metrics.memorization import bootstrap_fraction, memorization_fraction
 __all__ = ["audit", "audit_rows", "run_audit", "load_array", "add_audit_parser", "cmd_audit", "main"]
 
 _Q = (5, 25, 50, 75, 95)
+AUDIT_MAX_BYTES = 256 << 20  # working set of the distance kernel beyond the samples (blocks of the training set)
 
 
 def ratio_summary(ratio: np.ndarray, threshold: float) -> dict:
@@ -140,6 +141,7 @@ def audit_rows(train, samples, threshold: float = 1 / 3, n_boot: int = 1000, see
 
         bar = tqdm(total=len(train), desc="audit: training rows", unit="row", file=sys.stderr, leave=False)
     r0 = train.read_seconds
+    nn_kwargs.setdefault("max_bytes", AUDIT_MAX_BYTES)
     try:
         t1 = time.perf_counter()
         d1, d2, i1, i2 = two_nearest(S, _Stream(train, bar, not train.finite), with_second=True, **nn_kwargs)

@@ -158,8 +158,9 @@ class ArrayRows(Rows):
         if self._fd is None:
             self._fd = os.open(self.file, os.O_RDONLY)
         rb = self.row_items * self.raw_dtype.itemsize
-        buf = os.pread(self._fd, (b - a) * rb, self.offset + a * rb)
-        if len(buf) != (b - a) * rb:
+        buf = bytearray((b - a) * rb)  # writeable: the kernel uses the block without another copy
+        got = os.preadv(self._fd, [buf], self.offset + a * rb)
+        if got != len(buf):
             raise DiffmemError(f"{self.name}: file is truncated (rows {a}..{b} of {self.n} cannot be read)")
         return np.frombuffer(buf, dtype=self.raw_dtype).reshape(b - a, *self.raw_shape[1:])
 
