@@ -56,7 +56,8 @@ def _fmem(sig, m, tau):
 
 def test_memorisation_rises_with_tau_at_small_n_and_vanishes_for_n_much_larger_than_p(tiny):
     """p = 64 features, d = 6.  n = 4: copies appear only late in training (f_mem(τ=10) ≈ 0, f_mem(∞) ≥ 0.3;
-    the issue's ≥ 0.5 needs larger p, see experiments/theory_rf_generative.py).  n = 256 ≫ p: no copies."""
+    about ½ at most: the bias-free tanh model is odd and half its copies are mirror images −x_i, see
+    tests/test_theory_generative_cli.py and the README).  n = 256 ≫ p: no copies."""
     sig, m = tiny
     early, late = _fmem(sig, m, 10.0), _fmem(sig, m, float("inf"))
     assert late >= 0.3 and early < 0.1, (early, late)
