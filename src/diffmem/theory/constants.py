@@ -142,6 +142,9 @@ def rf_constants(t: float, sigma_x: float = 1.0, act: str | Callable = "tanh", o
     if rho2 <= _RHO2_STABLE and v_t2 < _V_CANCEL * sigma_norm2:
         # large t, v_t² a tiny difference of O(1) numbers: Mehler's series (see the module doc)
         coef = _hermite_coeffs(fz, x, w, _MEHLER_TERMS)
+        # quadrature round-off (~1e-16 of ‖σ‖) is not a coefficient: an odd activation's E f = 0 exactly,
+        # and its squared residue would otherwise print as a spurious v_t² ~ 1e-34
+        coef = np.where(np.abs(coef) < 1e-13 * math.sqrt(sigma_norm2), 0.0, coef)
         v_t2 = float(coef[0] ** 2 + np.sum(rho2 ** np.arange(2, coef.size) * coef[2:] ** 2))
         s_t2 = sigma_norm2 - mu1**2 - v_t2
     vals = {"a_t": a_t, "b_t": b_t, "v_t2": v_t2, "s_t2": s_t2, "mu1": mu1, "sigma_norm2": sigma_norm2}
