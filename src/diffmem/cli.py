@@ -312,6 +312,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .toy_cli import register as register_toy
 
     register_toy(sub)
+    from .grammar_cli import register as register_grammar
+
+    register_grammar(sub)
     return p
 
 
