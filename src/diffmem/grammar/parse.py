@@ -15,8 +15,9 @@ Per level two fractions (FSW25; the definition is ours, SPEC §3):
   ``m·v / v**s`` (``nc·m / v**s`` at the root);
 * ``parsed_per_level[k]``: the fraction of all level-k tuples that parsed.
 
-A sequence is valid iff its parse reaches a root class.  Tokens outside
-``range(v)`` (e.g. a left-over mask token) never parse.
+A sequence is valid iff its parse reaches a root class.  At the bottom every
+tuple is considered; one holding a token outside ``range(v)`` (e.g. a left-over
+mask token) is not a right-hand side.
 """
 
 from __future__ import annotations
@@ -76,7 +77,8 @@ def parse(grammar: RHM, x) -> ParseResult:
         raise ValueError(f"sequences must be [N, {grammar.seq_len}], got {tuple(x.shape)}")
     N, v, s = len(x), grammar.v, grammar.s
     sym = x.astype(np.int64)
-    ok = (sym >= 0) & (sym < v)
+    in_vocab = (sym >= 0) & (sym < v)  # a bottom tuple holding any other token is simply not a right-hand side
+    ok = np.ones_like(in_vocab)
     weights = v ** np.arange(s - 1, -1, -1, dtype=np.int64)
     digits = np.full((N, grammar.num_nodes), -1, dtype=np.int64)
     considered, accepted, total = [], [], []
@@ -84,9 +86,10 @@ def parse(grammar: RHM, x) -> ParseResult:
         n_t = s ** lv
         parent_of, rule_of = grammar.lookup(lv)
         members_ok = ok.reshape(N, n_t, s).all(-1)
-        code = (np.where(ok, sym, 0).reshape(N, n_t, s) * weights).sum(-1)
+        code = (np.where(ok & in_vocab, sym, 0).reshape(N, n_t, s) * weights).sum(-1)
         parent, rule = parent_of[code], rule_of[code]
-        good = members_ok & (parent >= 0)
+        good = members_ok & in_vocab.reshape(N, n_t, s).all(-1) & (parent >= 0)
+        in_vocab = np.ones((N, n_t), dtype=bool)
         considered.append(int(members_ok.sum()))
         accepted.append(int(good.sum()))
         total.append(N * n_t)
