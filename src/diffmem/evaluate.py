@@ -26,7 +26,9 @@ metric records of one checkpoint (long format ``{"step", "metric", "value",
   one fixed noise draw each.
 * ``fd_gap/<fd>/train``, ``fd_gap/<fd>/test`` -- KK26's sample-level gap: the
   Fréchet distance of the samples to the training subset and to a held-out
-  subset of the same size (so both references carry the same small-set bias).
+  subset of the same size (so both references carry the same small-set bias),
+  and ``fd_gap/<fd>/train_vs_test``, the distance between those two subsets
+  (the gap a model reproducing its training set exactly would show).
 * ``traj/*`` at up to 16 σ of the sampler's grid (key ``sigma``) -- where the
   first ``eval.trajectory`` sampling trajectories go, against noisy training
   points (:mod:`diffmem.metrics.trajectory`).
@@ -126,8 +128,15 @@ class Evaluator:
             from .quality import QualityReference
 
             m = min(len(train_set), len(ds.test))
-            self.fd_refs = (fds, {k: QualityReference(y[:m].cpu(), self.quality.feature_net)
-                                  for k, y in (("train", train_set), ("test", ds.test))})
+            refs = {k: QualityReference(y[:m].cpu(), self.quality.feature_net)
+                    for k, y in (("train", train_set), ("test", ds.test))}
+            self.fd_refs = (fds, refs)
+            # the scale of the comparison: FD(training subset, held-out subset), both of size m
+            import warnings
+
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                self.fd_between = {k: v for k, (v, _) in refs["test"](train_set[:m].cpu(), fds).items()}
         self.traj = None
         if e.trajectory:
             from .metrics.trajectory import record_indices
@@ -192,6 +201,8 @@ class Evaluator:
                         vals = ref(s_ok, names)
                     for name, (val, _) in vals.items():
                         rec(f"fd_gap/{name}/{side}", val)
+                for name, val in self.fd_between.items():
+                    rec(f"fd_gap/{name}/train_vs_test", val)
         for t in e.loss_t:
             sig = float(ou_t_to_sigma(t))
             for name, (y, noise) in self.probe.items():

@@ -8,7 +8,8 @@ recorded is not drawn.  Files (one curve or panel per run, coloured by n):
                        training step
 ``gap_heatmap.png``    G over (training step τ, σ), one panel per run, one colour scale centred on 0
 ``gap_vs_fmem.png``    the peak of G(σ) (top) and f_mem (bottom) against τ; τ_gap and τ_mem marked
-``fd_gap.png``         FD(samples, training subset) (dashed) and FD(samples, held-out subset) (solid) vs τ
+``fd_gap.png``         FD(samples, training subset) (dashed), FD(samples, held-out subset) (solid) and
+                       FD(training subset, held-out subset) (dotted) vs τ
 ``trajectories.png``   distance of trajectory states / noisy training points to the noisy training set vs
                        σ (last checkpoint); copies among denoised trajectory states / denoised noisy
                        training images vs τ
@@ -148,11 +149,13 @@ def plot_fd_gap(runs: Sequence[RunData], path: str | Path) -> Path:
     col = _n_color(runs)
     fig = Figure(figsize=(6.0 * len(names), 4.2), layout="constrained")
     axes = fig.subplots(1, len(names), squeeze=False)[0]
-    fig.suptitle("Sample-level gap: FD to the training subset (dashed) vs to a held-out subset of the same size (solid)")
+    fig.suptitle("Sample-level gap: FD of the samples to the training subset (dashed) and to a held-out subset of the "
+                 "same size (solid);\ndotted: FD between those two subsets (what exact copies of the training set "
+                 "would show)", fontsize=10)
     for ax, name in zip(axes, names):
         for r in runs:
             sides = r.kk26["fd_gap"].get(name, {})
-            for side, ls in (("test", "-"), ("train", "--")):
+            for side, ls in (("test", "-"), ("train", "--"), ("train_vs_test", ":")):
                 if side in sides:
                     s, v = sides[side]
                     ax.plot(s[s > 0], v[s > 0], ls, lw=1.3, color=col(r.n), label=_name(r) if side == "test" else None)
