@@ -237,6 +237,8 @@ def train(cfg: RunConfig, run: str | Path | Run, callbacks: Sequence[Callback] =
         par = get_parametrisation(parametrisation_name(cfg.model), cfg.model.sigma_data)
         tik = {"tikhonov_c": cfg.loss_tikhonov_c, "tikhonov_score": par.score} if cfg.loss_tikhonov_c > 0 else {}
         for step in range(start + 1, cfg.steps + 1):
+            if ctx.stop_reason is not None:  # asked in on_train_start (e.g. a stopped run re-run): no step
+                break
             ctx.step = step
             _seed_global(step_seed(cfg.seed, step, 0), device)  # dropout and anything else on the global RNG
             g = torch.Generator().manual_seed(step_seed(cfg.seed, step, 3))
