@@ -76,6 +76,8 @@ def read_sequences(path, seq_len: int) -> np.ndarray:
         a = a[None]
     if a.ndim != 2 or a.shape[1] != seq_len:
         raise DiffmemError(f"--sequences {p}: expected shape (N, {seq_len}) for this grammar, got {a.shape}")
+    if len(a) == 0:
+        raise DiffmemError(f"--sequences {p}: the array holds no sequence")
     if a.dtype.kind == "f":
         if not (np.isfinite(a).all() and (a == np.round(a)).all()):
             raise DiffmemError(f"--sequences {p}: float array with non-integer values; tokens are integers")
