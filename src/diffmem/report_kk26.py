@@ -116,30 +116,35 @@ def _mark(ax, x, color, style):
 def plot_gap_vs_fmem(runs: Sequence[RunData], path: str | Path, level: float) -> Path:
     runs = _sorted([r for r in runs if "gap_peak" in r.kk26])
     col = _n_color(runs)
-    fig = Figure(figsize=(7.0, 6.0), layout="constrained")
-    top, bot = fig.subplots(2, 1, sharex=True)
-    for r in runs:
-        s, pk, _ = r.kk26["gap_peak"]
-        ok = s > 0
-        top.plot(s[ok], pk[ok], "-", lw=1.3, color=col(r.n), label=_name(r))
-        _mark(top, r.tau_gap, col(r.n), ":")
-        if r.f_mem is not None:
-            fs, fv = r.f_mem[0], r.f_mem[1]
-            bot.plot(fs[fs > 0], fv[fs > 0], "-", lw=1.3, color=col(r.n))
-            if r.tau_mem is not None and r.tau_mem.reached:
-                _mark(bot, r.tau_mem.value, col(r.n), "--")
-            _mark(bot, r.tau_gap, col(r.n), ":")
-    top.axhline(level, color="grey", lw=0.8, ls="--")
-    top.set_ylabel("peak of G(σ) over σ")
-    top.set_title(f"objective gap (top; dotted: τ_gap, peak ≥ {level:g}) before memorisation (bottom; dashed: τ_mem)",
-                  fontsize=9)
-    bot.set_ylabel("f_mem")
-    bot.set_xlabel("training step τ")
-    for ax in (top, bot):
-        ax.set_xscale("log")
-        ax.grid(True, which="both", alpha=0.3)
-    if top.get_legend_handles_labels()[0]:
-        top.legend(fontsize=8)
+    widths = sorted({r.width for r in runs}, key=lambda w: (w is None, w or 0))
+    fig = Figure(figsize=(5.5 * len(widths) + 0.6, 6.4), layout="constrained")
+    axes = fig.subplots(2, len(widths), squeeze=False, sharex=True)
+    fig.suptitle(f"Objective gap (top; dotted: τ_gap, peak ≥ {level:g}) long before memorisation (bottom; dashed: τ_mem)",
+                 fontsize=10)
+    for j, w in enumerate(widths):
+        top, bot = axes[0, j], axes[1, j]
+        for r in (r for r in runs if r.width == w):
+            s, pk, _ = r.kk26["gap_peak"]
+            ok = s > 0
+            top.plot(s[ok], pk[ok], "-", lw=1.3, color=col(r.n), label=f"n={r.n}" + (f", seed {r.seed}" if r.seed else ""))
+            _mark(top, r.tau_gap, col(r.n), ":")
+            if r.f_mem is not None:
+                fs, fv = r.f_mem[0], r.f_mem[1]
+                bot.plot(fs[fs > 0], fv[fs > 0], "-", lw=1.3, color=col(r.n))
+                if r.tau_mem is not None and r.tau_mem.reached:
+                    _mark(bot, r.tau_mem.value, col(r.n), "--")
+                _mark(bot, r.tau_gap, col(r.n), ":")
+        top.axhline(level, color="grey", lw=0.8, ls="--")
+        top.set_yscale("symlog", linthresh=0.1)
+        top.set_title("all runs" if w is None else f"width W = {w}", fontsize=10)
+        top.set_ylabel("peak of G(σ) over σ")
+        bot.set_ylabel("f_mem")
+        bot.set_xlabel("training step τ")
+        for ax in (top, bot):
+            ax.set_xscale("log")
+            ax.grid(True, which="both", alpha=0.3)
+        if top.get_legend_handles_labels()[0]:
+            top.legend(fontsize=8)
     return save_figure(fig, path, dpi=120)
 
 
@@ -173,43 +178,53 @@ def _closest(sig: np.ndarray, target: float) -> int:
     return int(np.argmin(np.abs(np.log(sig) - np.log(target))))
 
 
-def plot_trajectories(runs: Sequence[RunData], path: str | Path, sigma_ref: float = 1.0) -> Path:
+def plot_trajectories(runs: Sequence[RunData], path: str | Path, sigma_ref: float | None = None) -> Path:
+    """One row per width.  ``sigma_ref``: the σ of the middle and right panels (default: the median σ of the
+    runs' final gap peak, where the denoiser overfits most; 1 if no gap was recorded)."""
     runs = _sorted([r for r in runs if "dist_noisy" in r.kk26.get("traj", {})])
     col = _n_color(runs)
-    fig = Figure(figsize=(15.0, 4.4), layout="constrained")
-    a, b, c = fig.subplots(1, 3)
-    for r in runs:
-        t = r.kk26["traj"]
-        steps, sig, dn = t["dist_noisy"]
-        _, _, dref = t["dist_noisy_train"]
-        a.plot(sig, dn[-1], "-", color=col(r.n), lw=1.3, label=_name(r))
-        a.plot(sig, dref[-1], "--", color=col(r.n), lw=1.0)
-        j = _closest(sig, sigma_ref)
-        ok = steps > 0
-        for name, ax in (("denoised_copy", b), ("denoised_nn", c)):
-            _, _, v = t[name]
-            _, _, vt = t[name + "_train"]
-            ax.plot(steps[ok], v[ok, j], "-", color=col(r.n), lw=1.3)
-            ax.plot(steps[ok], vt[ok, j], "--", color=col(r.n), lw=1.0)
-    a.set_xscale("log")
-    a.set_yscale("log")
-    a.set_xlabel("σ along the sampling trajectory")
-    a.set_ylabel("distance to nearest noisy training point / √dim")
-    a.set_title("last checkpoint: trajectory states (solid) vs noisy training points (dashed)", fontsize=9)
-    sig_txt = "σ ≈ " + (f"{runs[0].kk26['traj']['dist_noisy'][1][_closest(runs[0].kk26['traj']['dist_noisy'][1], sigma_ref)]:.3g}"
-                        if runs else "?")
-    b.set_title(f"copies (d1/d2 < threshold) among denoised states at {sig_txt}:\n"
-                "trajectories (solid) vs noisy training images (dashed)", fontsize=9)
-    b.set_ylabel("fraction copied")
-    c.set_title(f"nearest-training-image distance / √dim of denoised states at {sig_txt}", fontsize=9)
-    c.set_ylabel("d1 / √dim")
-    for ax in (b, c):
-        ax.set_xscale("log")
-        ax.set_xlabel("training step τ")
-    for ax in (a, b, c):
-        ax.grid(True, which="both", alpha=0.3)
-    if a.get_legend_handles_labels()[0]:
-        a.legend(fontsize=8)
+    if sigma_ref is None:
+        peaks = [r.kk26["gap_peak"][2][-1] for r in runs if "gap_peak" in r.kk26]
+        sigma_ref = float(np.median(peaks)) if peaks else 1.0
+    widths = sorted({r.width for r in runs}, key=lambda w: (w is None, w or 0))
+    fig = Figure(figsize=(15.0, 4.0 * len(widths) + 0.5), layout="constrained")
+    axes = fig.subplots(len(widths), 3, squeeze=False)
+    for i, w in enumerate(widths):
+        a, b, c = axes[i]
+        sig_txt = "?"
+        for r in (r for r in runs if r.width == w):
+            t = r.kk26["traj"]
+            steps, sig, dn = t["dist_noisy"]
+            _, _, dref = t["dist_noisy_train"]
+            a.plot(sig, dn[-1], "-", color=col(r.n), lw=1.3, label=f"n={r.n}")
+            a.plot(sig, dref[-1], "--", color=col(r.n), lw=1.0)
+            j = _closest(sig, sigma_ref)
+            sig_txt = f"σ ≈ {sig[j]:.3g}"
+            ok = steps > 0
+            for name, ax in (("denoised_copy", b), ("denoised_nn", c)):
+                _, _, v = t[name]
+                _, _, vt = t[name + "_train"]
+                ax.plot(steps[ok], v[ok, j], "-", color=col(r.n), lw=1.3)
+                ax.plot(steps[ok], vt[ok, j], "--", color=col(r.n), lw=1.0)
+        wt = "" if w is None else f"W = {w}: "
+        a.set_xscale("log")
+        a.set_yscale("log")
+        a.set_xlabel("σ along the sampling trajectory")
+        a.set_ylabel("distance to nearest noisy training point / √dim", fontsize=8)
+        a.set_title(f"{wt}last checkpoint, trajectory states (solid) vs noisy training points (dashed)", fontsize=9)
+        b.set_title(f"{wt}copies (d1/d2 < threshold) among denoised states at {sig_txt}:\n"
+                    "trajectories (solid) vs noisy training images (dashed)", fontsize=9)
+        b.set_ylabel("fraction copied")
+        c.set_title(f"{wt}distance of denoised states to the nearest\ntraining image at {sig_txt} (solid/dashed as left)",
+                    fontsize=9)
+        c.set_ylabel("d1 / √dim")
+        for ax in (b, c):
+            ax.set_xscale("log")
+            ax.set_xlabel("training step τ")
+        for ax in (a, b, c):
+            ax.grid(True, which="both", alpha=0.3)
+        if a.get_legend_handles_labels()[0]:
+            a.legend(fontsize=8)
     return save_figure(fig, path, dpi=120)
 
 
