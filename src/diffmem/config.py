@@ -93,6 +93,7 @@ class ModelConfig:
     width: int | None = _opt(None, int, _ge(1), optional=True)  # None: the model's own default
     blocks: int | None = _opt(None, int, _ge(0), optional=True)
     dropout: float | None = _opt(None, float, _in(0.0, 1.0), optional=True)
+    heads: int | None = _opt(None, int, _ge(1), optional=True)  # attention heads (transformer only)
     parametrisation: str | None = _opt(None, str, optional=True)  # eps_ddpm (default), edm or bdkos25_vp
     sigma_data: float | None = _opt(None, float, _gt(0), optional=True)  # edm only (default 0.5)
 
@@ -111,12 +112,15 @@ class OptimConfig:
 class EvalConfig:
     n_samples: int = _opt(256, int, _ge(1))  # generated samples per checkpoint (same seeds every checkpoint)
     sample_seed: int = _opt(1_000_000, int, _ge(0))
-    sampler: str = _opt("ddim", str)  # ddim (η=0, deterministic), ddpm, em, heun (checked against the registry)
+    # ddim (η=0, deterministic), ddpm, em, heun (checked against the registry); masked: token models (the
+    # masked ancestral sampler on linspace(1, 0, sampler_steps + 1))
+    sampler: str = _opt("ddim", str)
     sampler_steps: int = _opt(50, int, _ge(1))
     threshold: float = _opt(1 / 3, float, _in(0.0, 1.0, hi_open=False))  # f_mem ratio test d1/d2 < threshold
     n_boot: int = _opt(1000, int, _ge(0))
     quality: list = _opt(type_=[str], factory=lambda: ["fd_pixel", "fd_feat", "kid"])
-    loss_t: list = _opt(type_=[float], check=_each(_gt(0)), factory=lambda: [0.01, 0.1])  # OU times of the loss probes
+    # OU times of the loss probes (token models: mask fractions t in (0, 1])
+    loss_t: list = _opt(type_=[float], check=_each(_gt(0)), factory=lambda: [0.01, 0.1])
     loss_draws: int = _opt(5, int, _ge(1))  # fixed noise draws per image, reused at every checkpoint
     n_loss: int = _opt(2048, int, _ge(1))  # at most this many train / test images in the loss probe
     batch_size: int = _opt(1024, int, _ge(1))
@@ -170,8 +174,8 @@ class RunConfig:
             check_device(self.device)
         from .samplers import SAMPLERS
 
-        if self.eval.sampler not in SAMPLERS:
-            raise DiffmemError(f"config key 'eval.sampler' must be one of {', '.join(SAMPLERS)}, "
+        if self.eval.sampler not in SAMPLERS and self.eval.sampler != "masked":  # masked: token models
+            raise DiffmemError(f"config key 'eval.sampler' must be one of {', '.join(SAMPLERS)}, masked, "
                                f"got {self.eval.sampler!r}")
         from .quality import check_metric_names
 
@@ -359,6 +363,21 @@ PRESETS: dict[str, dict] = {
         "batch_max": 512,
         "steps": 2_000_000,
         "eval": {"sampler": "ddim", "sampler_steps": 100, "n_samples": 10000},
+    },
+    # FSW25 (SPEC §3): masked diffusion on the random hierarchy model v=8, m=4, s=2, L=3, nc=8 (131072
+    # distinct sequences of 8 tokens); a 2-block bidirectional transformer W = 64, 4 heads; Adam lr 1e-3;
+    # batch min(n, 64); copy fraction and validity per level at each checkpoint on 512 samples drawn with
+    # 32 reveal steps (4 × the sequence length), the masked loss probed at t = 0.1 … 0.9.
+    "rhm": {
+        "data": "rhm:v=8,m=4,s=2,L=3,nc=8,seed=0",
+        "n": 256,
+        "steps": 20000,
+        "batch_max": 64,
+        "model": {"name": "transformer", "width": 64, "blocks": 2, "heads": 4},
+        "optim": {"name": "adam", "lr": 1e-3},
+        "eval": {"sampler": "masked", "sampler_steps": 32, "n_samples": 512, "quality": [], "gap_sigmas": 0,
+                 "trajectory": 0, "fd_gap": False, "loss_t": [0.1, 0.3, 0.5, 0.7, 0.9], "loss_draws": 4,
+                 "n_loss": 1024},
     },
 }
 

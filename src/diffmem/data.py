@@ -13,6 +13,8 @@ Data specs (``RunConfig.data``, ``diffmem train data=...``)::
     bdkos25-2d[?test=200]       BDKOS25's 20 2-D points numpy.random.seed(1); randn(20, 2) (pool = all 20)
     PATH/TO/FOLDER[?size=32&gray=1&test=0.1]     a local image folder (png/jpg/bmp/gif/tif/webp)
     PATH/TO/ARRAY.npy|.npz[?test=0.1&centre=1]   an array (N, d), (N, H, W), (N, C, H, W) or (N, H, W, C)
+    rhm:v=8,m=4,s=2,L=3,nc=8,seed=0[,pool=P,test=T,sample_seed=K]   token sequences of a random hierarchy
+                                (FSW25; :func:`diffmem.grammar.load_rhm`, ``meta["kind"] == "tokens"``)
 
 Preprocessing (BUBM25 CelebA): grayscale (``gray=1``), resize the shorter side
 to ``size`` and centre-crop to ``size × size``, scale to [−1, 1], then centre by
@@ -23,12 +25,12 @@ centring is applied to the test set; ``Dataset.to_pixels`` undoes it.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from .dataset import Dataset
 from .errors import DiffmemError
 
 __all__ = ["Dataset", "GaussianMixture", "load_dataset", "load_bdkos25_2d", "bdkos25_points", "load_digits", "load_gmm", "load_image_folder",
@@ -71,38 +73,6 @@ class GaussianMixture:
         mu = self.mu.to(x)
         q = lambda m: -((x - m) ** 2).sum(1) / (2 * v)  # noqa: E731
         return torch.logaddexp(q(mu), q(-mu)) - math.log(2) - 0.5 * self.d * torch.log(2 * math.pi * v)
-
-
-@dataclass
-class Dataset:
-    name: str
-    pool: torch.Tensor  # [N, *shape] training-eligible points, model space
-    test: torch.Tensor  # [N_test, *shape] held out
-    labels: torch.Tensor | None = None  # aligned with pool
-    mean: torch.Tensor | None = None  # per-pixel centring offset (model = pixels − mean)
-    exact: GaussianMixture | None = None  # known data distribution, if any
-    meta: dict = field(default_factory=dict)
-
-    @property
-    def shape(self) -> tuple:
-        return tuple(self.pool.shape[1:])
-
-    def subset(self, n: int, seed: int = 0) -> torch.Tensor:
-        """The first ``n`` points of the pool shuffled with ``seed`` (nested in n)."""
-        n = int(n)
-        if n < 1:
-            raise DiffmemError(f"training-set size n must be positive, got {n}")
-        if n > len(self.pool):
-            raise DiffmemError(f"n = {n} exceeds the {len(self.pool)} training-eligible points of {self.name!r}")
-        return self.pool[self.subset_indices(n, seed)]
-
-    def subset_indices(self, n: int, seed: int = 0) -> torch.Tensor:
-        perm = torch.randperm(len(self.pool), generator=torch.Generator().manual_seed(int(seed)))
-        return perm[: int(n)]
-
-    def to_pixels(self, x: torch.Tensor) -> torch.Tensor:
-        """Model space → [−1, 1] pixel space (undo the centring)."""
-        return x if self.mean is None else x + self.mean.to(x)
 
 
 def _check_finite(name: str, x: np.ndarray) -> None:
@@ -414,6 +384,11 @@ _CACHE: dict[str, Dataset] = {}
 def load_dataset(spec: str, progress: bool = False) -> Dataset:
     """Load a data set from its spec (see the module docstring); cached per process."""
     if spec in _CACHE:
+        return _CACHE[spec]
+    if isinstance(spec, str) and spec.strip().startswith("rhm:"):  # token sequences (its own option syntax)
+        from .grammar import load_rhm
+
+        _CACHE[spec] = load_rhm(spec)
         return _CACHE[spec]
     kind, arg, opts = parse_spec(spec)
     bad = set(opts) - _OPTIONS[kind]

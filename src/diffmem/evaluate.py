@@ -36,6 +36,11 @@ metric records of one checkpoint (long format ``{"step", "metric", "value",
   ``KL(P_θ ‖ P_0)`` of the PF-ODE model by its exact likelihood
   (:mod:`diffmem.likelihood`), with its Monte Carlo standard error.
 
+Token-sequence data (``rhm:...``, masked diffusion) is measured by the sibling
+:class:`diffmem.evaluate_tokens.SequenceEvaluator` (exact-copy fraction as
+``f_mem``, Hamming ratio test, validity per level, diversity, masked loss per
+t); :func:`evaluator_class` chooses by the data's kind.
+
 The evaluator knows nothing about training: :class:`diffmem.callbacks.Evaluation`
 calls it at each checkpoint of a run, :func:`evaluate_run` on saved checkpoints.
 """
@@ -54,7 +59,7 @@ from .rundir import Run, append_jsonl
 from .samplers import generate
 from .schedules import ou_t_to_sigma
 
-__all__ = ["Evaluator", "probe_losses", "evaluate_run", "sample_run"]
+__all__ = ["Evaluator", "evaluator_class", "probe_losses", "evaluate_run", "sample_run"]
 
 
 @torch.no_grad()
@@ -261,6 +266,19 @@ class Evaluator:
         rec("kl", r["kl"], r["stderr"], n=r["n"])
 
 
+def evaluator_class(cfg, ds):
+    """The evaluator of a run: :class:`Evaluator` for continuous data, :class:`~diffmem.evaluate_tokens.SequenceEvaluator`
+    for token sequences; a model that does not fit the data is a one-line error here (writes nothing)."""
+    from .models import check_data_model
+
+    check_data_model(cfg.model, ds)
+    if ds.is_tokens:
+        from .evaluate_tokens import SequenceEvaluator
+
+        return SequenceEvaluator
+    return Evaluator
+
+
 def evaluate_run(run_dir, steps: list[int] | None = None, overrides: list[str] | None = None,
                  out=None, device: str = "cpu", on_records=None) -> list[dict]:
     """Re-evaluate saved checkpoints of a run (optionally with other ``eval.*`` settings).
@@ -300,8 +318,9 @@ def evaluate_run(run_dir, steps: list[int] | None = None, overrides: list[str] |
         raise DiffmemError(f"--out {path}: folder {path.parent} does not exist")
     ds = load_dataset(cfg.data)
     train_set = ds.subset(cfg.n, cfg.subset_seed)
-    Evaluator.check(cfg, ds)
-    ev = Evaluator(cfg, ds, train_set, run, device, save_samples=False)
+    ev_cls = evaluator_class(cfg, ds)
+    ev_cls.check(cfg, ds)
+    ev = ev_cls(cfg, ds, train_set, run, device, save_samples=False)
     recs: list[dict] = []
     for st in steps:
         den, _ = run.load_denoiser(st, device=device, dataset=ds)
@@ -328,7 +347,7 @@ def sample_run(run_dir, step: int | None = None, *, n_samples: int | None = None
             raise DiffmemError(f"{name} must be positive, got {v}")
     if seed is not None and seed < 0:
         raise DiffmemError(f"--seed must be ≥ 0, got {seed}")
-    if sampler is not None and sampler not in SAMPLERS:
+    if sampler is not None and sampler not in SAMPLERS and sampler != "masked":
         raise DiffmemError(f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}")
     if device != "cpu":
         check_device(device)
@@ -339,7 +358,14 @@ def sample_run(run_dir, step: int | None = None, *, n_samples: int | None = None
     seeds = list(range(first, first + (n_samples or e.n_samples)))
     sampler = sampler or e.sampler
     steps = steps or (e.sampler_steps if sampler == e.sampler else None)
+    last = step if step is not None else run.evaluation_steps()[-1]
+    if (sampler == "masked") != (e.sampler == "masked"):
+        raise DiffmemError(f"run {run.path} is sampled by {e.sampler!r}; --sampler {sampler} does not apply to it")
+    if sampler == "masked":  # a token model: the masked ancestral sampler (per-sample seeds)
+        from .evaluate_tokens import sample_tokens
+
+        x = sample_tokens(den, seeds, run.data_shape()[0], run.data_vocab(), steps, e.batch_size, device)
+        return x.numpy(), {"sampler": sampler, "steps": steps, "seeds": [seeds[0], seeds[-1]], "step": last}
     x = generate(den, run.data_shape(), seeds, sampler=sampler, steps=steps, batch_size=e.batch_size, device=device)
     used = steps or SAMPLERS[sampler].default_steps
-    last = step if step is not None else run.evaluation_steps()[-1]
     return x.numpy(), {"sampler": sampler, "steps": used, "seeds": [seeds[0], seeds[-1]], "step": last}

@@ -69,6 +69,9 @@ def _dataset(run):
 
 def to_space(run, x: np.ndarray, space: str) -> np.ndarray:
     """Model-space rows ``x [N, ...]`` of ``run`` in ``space`` (``"data"``: the centring undone)."""
+    x = np.asarray(x)
+    if np.issubdtype(x.dtype, np.integer):  # token sequences: one space, the tokens themselves
+        return x.astype(np.int64)
     if space == "model":
         return np.asarray(x, dtype=np.float32)
     import torch

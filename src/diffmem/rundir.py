@@ -2,7 +2,7 @@
 
 Layout (no other module builds a file name inside a run)::
 
-    RUN/config.json          resolved configuration (+ n_params, batch_size, data_shape, model_options)
+    RUN/config.json          resolved configuration (+ n_params, batch_size, data_shape, model_options; data_vocab for tokens)
     RUN/schedule.json        {"checkpoints": [0, 1, 2, ..., steps]}
     RUN/metrics.jsonl        append-only, long format: {"step", "metric", "value", "error", ...extra keys}
     RUN/checkpoints/step_00001234.safetensors   weights at each checkpoint step
@@ -159,6 +159,11 @@ class Run:
             raise DiffmemError(f"{self.config_path} has no data_shape (not written by diffmem train)")
         return tuple(int(s) for s in cfg["data_shape"])
 
+    def data_vocab(self) -> int | None:
+        """Token runs: the number of symbols v (the mask token is v); None for continuous data."""
+        v = self.read_config().get("data_vocab")
+        return None if v is None else int(v)
+
     def load_config(self):
         """The run's :class:`~diffmem.config.RunConfig` (resolved extras such as n_params are ignored)."""
         from dataclasses import fields
@@ -199,7 +204,7 @@ class Run:
         if not steps:
             raise DiffmemError(f"run {self.path} has no checkpoints")
         state = self.load_weights(steps[-1] if step is None else step, device)
-        den, _ = build_model(cfg.model, shape)
+        den, _ = build_model(cfg.model, shape, vocab=self.data_vocab())
         den = den.to(device)
         try:
             den.load_state_dict(state)
@@ -305,7 +310,8 @@ class Run:
     def save_samples(self, step: int, x: np.ndarray) -> Path:
         path = self.samples_path(step)
         path.parent.mkdir(parents=True, exist_ok=True)
-        return atomic_write_npy(path, np.asarray(x, dtype=np.float32))
+        x = np.asarray(x)  # token sequences stay integers; anything else is stored as float32
+        return atomic_write_npy(path, x.astype(np.int64 if np.issubdtype(x.dtype, np.integer) else np.float32))
 
     def sample_steps(self) -> list[int]:
         d = self.path / self.SAMPLES

@@ -21,6 +21,12 @@ batches walk through a fresh seeded permutation of the n points each epoch.
 A closed-form model (``model.name=empirical|gaussian|exact``) has no training
 steps: its "run" is one evaluation at step 0.
 
+Token sequences (``data=rhm:...`` with ``model.name=transformer``, FSW25) go
+through the same loop: the step's loss is the masked-diffusion loss
+(:func:`diffmem.masked_diffusion.masked_diffusion_loss`, antithetic times and
+masks from the step's generator) instead of the denoising loss, and the
+checkpoint measurements are :class:`diffmem.evaluate_tokens.SequenceEvaluator`'s.
+
 ``loss_tikhonov_c = c > 0`` adds BDKOS25's Tikhonov term ``c mean_dims s²`` to
 each sample's loss (:func:`diffmem.losses.tikhonov_term`), ``s`` the score named
 by the parametrisation (the VP score for ``bdkos25_vp``, else the VE score);
@@ -42,8 +48,9 @@ from .callbacks import Callback, TrainContext, standard_callbacks
 from .checkpoints import log_checkpoint_schedule
 from .config import EXECUTION_KEYS, RunConfig
 from .errors import DiffmemError
-from .evaluate import Evaluator
+from .evaluate import evaluator_class
 from .losses import dsm_loss
+from .masked_diffusion import masked_diffusion_loss
 from .models import MODELS, build_model, count_params, parametrisation_name
 from .parametrisation import get_parametrisation
 from .rundir import Run
@@ -106,13 +113,17 @@ def _callback_keys(callbacks: Sequence[Callback]) -> list[str]:
     return keys
 
 
-_ADDED_KEYS = {"loss_tikhonov_c": 0.0}  # config keys added later, with the value that means "as before"
+# config keys added later, with the value that means "as before" (dotted: inside a section)
+_ADDED_KEYS = {"loss_tikhonov_c": 0.0, "model.heads": None}
 
 
 def _resume_plan(run: Run, cfg: RunConfig, schedule: list[int]) -> list[int]:
     """Check that ``run`` holds this config; return the schedule to use (extended if steps grew)."""
     old = run.read_config()
-    old = {**_ADDED_KEYS, **old}  # a run written before a key existed holds its default
+    for key, default in _ADDED_KEYS.items():  # a run written before a key existed holds its default
+        *sec, k = key.split(".")
+        node = old if not sec else old.setdefault(sec[0], {})
+        node.setdefault(k, default)
     new = {k: v for k, v in cfg.to_dict().items() if k not in EXECUTION_KEYS}
     diff = sorted(k for k in new if k != "steps" and old.get(k) != new[k])
     if diff:
@@ -160,8 +171,10 @@ def train(cfg: RunConfig, run: str | Path | Run, callbacks: Sequence[Callback] =
 
     ds = dataset if dataset is not None else load_dataset(cfg.data)
     train_set = ds.subset(cfg.n, cfg.subset_seed).to(device)
-    Evaluator.check(cfg, ds)
+    ev_cls = evaluator_class(cfg, ds)  # Evaluator, or SequenceEvaluator for token data (a mismatch is an error)
+    ev_cls.check(cfg, ds)
     closed = MODELS[cfg.model.name].kind == "closed_form"
+    tokens = ds.is_tokens
     batch = min(cfg.n, cfg.batch_max)
     schedule = [0] if closed else log_checkpoint_schedule(cfg.steps, per_decade=cfg.checkpoints_per_decade)
 
@@ -190,14 +203,14 @@ def train(cfg: RunConfig, run: str | Path | Run, callbacks: Sequence[Callback] =
     resolved = cfg.to_dict() | {
         "n_params": None if closed else count_params(den), "batch_size": None if closed else batch,
         "data_shape": list(ds.shape), "model_options": opts, "diffmem_version": __version__,
-    }
+    } | ({"data_vocab": int(ds.meta["vocab"])} if tokens else {})
     if state is None:
         run.create(resolved, schedule)
     else:
         run.write_config(resolved)
         run.write_schedule(schedule)
         run.truncate_metrics(start)
-    evaluator = Evaluator(cfg, ds, train_set, run, device)
+    evaluator = ev_cls(cfg, ds, train_set, run, device)
     cbs = standard_callbacks(evaluator, progress=progress and not closed) + list(callbacks)
     keys = _callback_keys(cbs)
     if state is not None:
@@ -234,8 +247,9 @@ def train(cfg: RunConfig, run: str | Path | Run, callbacks: Sequence[Callback] =
     ckpt_set = set(schedule)
     if not closed:
         den.train()
-        par = get_parametrisation(parametrisation_name(cfg.model), cfg.model.sigma_data)
-        tik = {"tikhonov_c": cfg.loss_tikhonov_c, "tikhonov_score": par.score} if cfg.loss_tikhonov_c > 0 else {}
+        if not tokens:
+            par = get_parametrisation(parametrisation_name(cfg.model), cfg.model.sigma_data)
+            tik = {"tikhonov_c": cfg.loss_tikhonov_c, "tikhonov_score": par.score} if cfg.loss_tikhonov_c > 0 else {}
         for step in range(start + 1, cfg.steps + 1):
             if ctx.stop_reason is not None:  # asked in on_train_start (e.g. a stopped run re-run): no step
                 break
@@ -243,10 +257,13 @@ def train(cfg: RunConfig, run: str | Path | Run, callbacks: Sequence[Callback] =
             _seed_global(step_seed(cfg.seed, step, 0), device)  # dropout and anything else on the global RNG
             g = torch.Generator().manual_seed(step_seed(cfg.seed, step, 3))
             y = train_set[_batch_indices(cfg.n, batch, step, cfg.seed).to(device)]
-            sigma = par.sigma_sampler(y.shape[0], generator=g, device=device)
-            noise = torch.randn(y.shape, generator=g).to(device)
-            loss = dsm_loss(den, y, sigma, noise=noise, weighting=par.weighting,
-                            sigma_data=par.sigma_data, **tik).loss.mean()
+            if tokens:  # masked diffusion (FSW25): mask id = v, times and masks from g
+                loss = masked_diffusion_loss(den, y, mask_id=int(ds.meta["vocab"]), generator=g)[0].mean()
+            else:
+                sigma = par.sigma_sampler(y.shape[0], generator=g, device=device)
+                noise = torch.randn(y.shape, generator=g).to(device)
+                loss = dsm_loss(den, y, sigma, noise=noise, weighting=par.weighting,
+                                sigma_data=par.sigma_data, **tik).loss.mean()
             if not torch.isfinite(loss):
                 raise DiffmemError(f"training diverged at step {step} (loss {loss.item()}); lower the learning rate")
             opt.zero_grad(set_to_none=True)

@@ -273,7 +273,7 @@ class RHM:
         ``Dataset.subset(n, subset_seed)`` (a prefix of one seeded shuffle of
         the pool); ``labels`` are the root classes.
         """
-        from ..data import Dataset
+        from ..dataset import Dataset
         import torch
 
         N = self.num_data

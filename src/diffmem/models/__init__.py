@@ -21,7 +21,16 @@ name            kind        options (default)                      what
 ``exact``       closed      --                                     the data distribution's exact denoiser (``gmm:``)
 ``tikhonov``    closed      ``:c=C`` (required), ``schedule=ve``   BDKOS25 Tikhonov: ``s_c = σ²/(σ² + c) s_N``
 ``consistency`` closed      ``:tau=T`` (required)                  BDKOS25 asymptotic consistency: ``s = min(1, ΣK/τ) s_N``
+``transformer`` tokens      width (64), blocks (2), heads (4),     :class:`TokenTransformer`: a discrete denoiser
+                            dropout (0)                            ``z [B, n] -> logits [B, n, v]`` (masked diffusion)
 ==============  ==========  =====================================  ===========================================
+
+A *token* model (``transformer``) takes token-sequence data only
+(``meta["kind"] == "tokens"``, e.g. ``data=rhm:...``), and token data takes a
+token model only (:func:`check_data_model`, a one-line error before anything
+is written).  It has no parametrisation (masked diffusion, :mod:`diffmem.masked_diffusion`;
+the mask token is ``v``, so its embedding table has ``v + 1`` rows) and is
+sampled by the masked ancestral sampler (``eval.sampler=masked``).
 
 A closed form may carry parameters in its name, ``NAME:k=v,k=v``
 (``model.name=tikhonov:c=1e-4``, ``model.name=consistency:tau=0.1``,
@@ -50,19 +59,20 @@ from ..errors import DiffmemError
 from .bdkos25_mlp import BDKOS25MLP
 from .embedding import SinusoidalEmbedding, sinusoidal_embedding
 from .mlp import MLP
+from .transformer import TokenTransformer
 from .unet import UNet
 
-__all__ = ["MLP", "UNet", "BDKOS25MLP", "parametrisation_name", "model_sigma_range", "SinusoidalEmbedding", "sinusoidal_embedding", "build_backbone", "build_model",
+__all__ = ["MLP", "UNet", "BDKOS25MLP", "TokenTransformer", "check_data_model", "is_token_model", "parametrisation_name", "model_sigma_range", "SinusoidalEmbedding", "sinusoidal_embedding", "build_backbone", "build_model",
            "check_model_config", "count_params", "ModelSpec", "MODELS", "PRESETS", "MODEL_OPTIONS",
            "parse_model_name"]
 
-MODEL_OPTIONS = ("width", "blocks", "dropout")  # the ModelConfig fields that are backbone options
+MODEL_OPTIONS = ("width", "blocks", "dropout", "heads")  # the ModelConfig fields that are backbone options
 
 
 @dataclass(frozen=True)
 class ModelSpec:
     name: str
-    kind: str  # "network" or "closed_form"
+    kind: str  # "network", "closed_form" or "tokens" (a discrete denoiser of token sequences)
     build: Callable
     defaults: dict  # option -> default (the options this model takes)
     doc: str
@@ -112,6 +122,12 @@ def _consistency(shape, data, train_set, tau):
     from ..closed_form import ConsistencyDenoiser
 
     return ConsistencyDenoiser(train_set, tau=tau)
+
+
+def _transformer(shape, width, blocks, heads, dropout, vocab=None):
+    if len(shape) != 1 or vocab is None:
+        raise DiffmemError(f"model 'transformer' takes token sequences (data=rhm:...), got data of shape {tuple(shape)}")
+    return TokenTransformer(shape[0], int(vocab), width=width, blocks=blocks, heads=heads, dropout=dropout)
 
 
 REQUIRED = object()
@@ -208,6 +224,9 @@ MODELS: dict[str, ModelSpec] = {
     "consistency": ModelSpec("consistency", "closed_form", _consistency, {},
                              "BDKOS25 asymptotic-consistency regularised empirical score",
                              {"tau": (_nonneg("tau"), REQUIRED)}),
+    "transformer": ModelSpec("transformer", "tokens", _transformer,
+                             {"width": 64, "blocks": 2, "heads": 4, "dropout": 0.0},
+                             "bidirectional transformer over token sequences (masked diffusion)"),
 }
 _BASE = tuple(MODELS)
 MODELS = _Registry(MODELS)
@@ -233,6 +252,12 @@ def check_model_config(cfg, given: set[str] = frozenset()) -> None:
     if bad:
         raise DiffmemError(f"model {m.name!r} takes no option {', '.join('model.' + k for k in bad)}; "
                            f"its options: {', '.join('model.' + k for k in spec.defaults) or 'none'}")
+    if spec.kind == "tokens":
+        _check_token_config(cfg, given)
+        return
+    if cfg.eval.sampler == "masked":
+        raise DiffmemError(f"eval.sampler=masked samples token models (model.name=transformer); model {m.name!r} "
+                           "is sampled by heun, ddim, ddpm or em")
     if spec.kind == "closed_form":
         extra = [k for k in ("model.parametrisation", "model.sigma_data") if getattr(m, k.split('.')[1]) is not None]
         extra += sorted(k for k in given if k in ("steps", "batch_max") or k.startswith("optim."))
@@ -249,6 +274,44 @@ def check_model_config(cfg, given: set[str] = frozenset()) -> None:
         get_parametrisation(parametrisation_name(m), m.sigma_data)
 
 
+# evaluation options that measure continuous data only (a token run refuses them when given)
+_CONTINUOUS_EVAL = ("eval.quality", "eval.gap_sigmas", "eval.n_gap", "eval.fd_gap", "eval.trajectory", "eval.kl",
+                    "eval.kl_samples", "eval.kl_rtol", "eval.feature_net")
+
+
+def _check_token_config(cfg, given) -> None:
+    m = cfg.model
+    extra = [k for k in ("model.parametrisation", "model.sigma_data") if getattr(m, k.split(".")[1]) is not None]
+    if cfg.loss_tikhonov_c != 0:
+        extra.append("loss_tikhonov_c")
+    extra += sorted(k for k in given if k in _CONTINUOUS_EVAL)
+    if extra:
+        raise DiffmemError(f"model {m.name!r} is a masked-diffusion model of token sequences: it does not use "
+                           f"{', '.join(extra)}; remove it")
+    if cfg.eval.sampler != "masked":
+        raise DiffmemError(f"model {m.name!r} is a masked-diffusion model of token sequences (data=rhm:..., e.g. "
+                           f"--preset rhm), sampled by eval.sampler=masked; got eval.sampler={cfg.eval.sampler!r}")
+    bad = [t for t in cfg.eval.loss_t if not 0 < t <= 1]
+    if bad:
+        raise DiffmemError(f"config key 'eval.loss_t' holds mask fractions t in (0, 1] for a token model, got {bad[0]:g}")
+
+
+def is_token_model(model_cfg) -> bool:
+    """Whether ``model_cfg`` names a discrete denoiser of token sequences (``kind == "tokens"``)."""
+    return _spec(model_cfg.name).kind == "tokens"
+
+
+def check_data_model(model_cfg, data) -> None:
+    """Token data needs a token model and a token model needs token data (one-line :class:`DiffmemError`)."""
+    tokens = bool(getattr(data, "is_tokens", False))
+    if tokens and not is_token_model(model_cfg):
+        raise DiffmemError(f"data {data.name!r} is token sequences: it needs a token model (model.name=transformer, "
+                           f"e.g. --preset rhm), not {model_cfg.name!r}")
+    if not tokens and is_token_model(model_cfg):
+        raise DiffmemError(f"model {model_cfg.name!r} takes token sequences (data=rhm:...); data {data.name!r} is "
+                           f"continuous of shape {tuple(data.shape)}: use model.name=mlp or unet")
+
+
 def model_sigma_range(model_cfg) -> tuple[float, float]:
     """The VE σ range a model is trained on (its parametrisation's; EDM's [0.002, 80] for a closed form)."""
     spec = _spec(model_cfg.name)
@@ -263,6 +326,8 @@ def parametrisation_name(model_cfg) -> str | None:
     """The parametrisation in effect for a network config: ``model.parametrisation``, else the model's own
     (None: :data:`diffmem.parametrisation.DEFAULT_PARAMETRISATION`).  A model with its own refuses another."""
     spec = _spec(model_cfg.name)
+    if spec.kind == "tokens":
+        return None
     given = model_cfg.parametrisation
     if spec.parametrisation is not None and given is not None and given != spec.parametrisation:
         raise DiffmemError(f"model {spec.name!r} is trained in parametrisation {spec.parametrisation!r} only, got "
@@ -277,16 +342,22 @@ def resolved_options(model_cfg) -> dict:
             for k, d in spec.defaults.items()}
 
 
-def build_model(model_cfg, shape: tuple, data=None, train_set: torch.Tensor | None = None):
+def build_model(model_cfg, shape: tuple, data=None, train_set: torch.Tensor | None = None, vocab: int | None = None):
     """The denoiser of a model config (``cfg.model``) for data of per-sample ``shape``.
 
     Networks: backbone wrapped in the parametrisation's preconditioning
     (an ``nn.Module``).  Closed forms: built from ``data`` / ``train_set``.
-    Returns ``(denoiser, resolved_options)``.
+    Token models: the discrete denoiser itself, over ``vocab`` symbols
+    (default ``data.meta["vocab"]``).  Returns ``(denoiser, resolved_options)``.
     """
     spec = _spec(model_cfg.name)
     opts = resolved_options(model_cfg)
     shape = tuple(int(s) for s in shape)
+    if data is not None:
+        check_data_model(model_cfg, data)
+    if spec.kind == "tokens":
+        vocab = vocab if vocab is not None else (data.meta.get("vocab") if data is not None else None)
+        return spec.build(shape, **opts, vocab=vocab), opts
     if spec.kind == "closed_form":
         if train_set is None:
             raise DiffmemError(f"model {spec.name!r} is built from the training set; none given")
