@@ -352,6 +352,7 @@ class Analysis:
     kappa_linear: float | None
     stops: list[dict]
     spread: dict
+    failures: list = field(default_factory=list)  # sweep runs recorded as failed: {"dir", "error", ...}
 
     def headline(self) -> tuple[Any, dict]:
         return _headline(self.fits)
@@ -374,6 +375,8 @@ class Analysis:
         return {
             "sweep_dir": str(self.source),
             "runs": [str(r.path) for r in runs],
+            "failed_runs": [{"dir": f.get("dir"), "error": f.get("error"), "attempts": f.get("attempts")}
+                            for f in self.failures],
             "n": [r.n for r in runs],
             "width": [r.width for r in runs],
             "seed": [r.seed for r in runs],
@@ -486,4 +489,6 @@ def analyse(source: str | Path | Sequence[str | Path], definitions: TauDefinitio
         if tg:
             spread[str(w)] = max(tg) / min(tg)
     src = Path(source) if isinstance(source, (str, Path)) else Path(".")
-    return Analysis(src, d, runs, fits, fits_level, boundary, kappa_lin, stops, spread)
+    failures = [e for e in rd.read_sweep_index(src) if e.get("status") == "failed"] \
+        if isinstance(source, (str, Path)) and not (src / rd.Run.CONFIG).exists() else []
+    return Analysis(src, d, runs, fits, fits_level, boundary, kappa_lin, stops, spread, failures)

@@ -80,6 +80,12 @@ def _add_report_args(q) -> None:
                    help="phase-diagram times as multiples of tau_gen (default 1,3,8 as BUBM25; the demo uses 10,30,100)")
 
 
+def _add_gallery_args(q) -> None:
+    q.add_argument("--gallery-steps", default="last", help="checkpoints of report.html's nearest-neighbour gallery: "
+                   "comma-separated last, tau_mem, tau_gen, step numbers, or none (default last)")
+    q.add_argument("--gallery-k", type=int, default=8, help="samples per gallery (default 8)")
+
+
 def _definitions(args):
     from .analysis import TauDefinitions
     from .theory.cli import _floats
@@ -176,29 +182,50 @@ def cmd_evaluate(args) -> int:
 
 def cmd_sweep(args) -> int:
     from .report import make_report
-    from .sweep import plan_sweep, run_sweep
+    from .report_html import parse_gallery_steps
+    from .sweep import CLUSTER_KEYS, load_cluster_options, plan_sweep, run_sweep, sweep_failures
 
-    defs = _definitions(args)  # validated before any training
+    defs, steps = _definitions(args), parse_gallery_steps(args.gallery_steps)  # validated before any training
     _positive(args.steps_per_n, "--steps-per-n")
     _positive(args.workers, "--workers")
+    _positive(args.gallery_k, "--gallery-k")
+    slurm = load_cluster_options(args.cluster_config, {k: getattr(args, f"slurm_{k}") for k in CLUSTER_KEYS})
+    if slurm is not None and args.executor != "submitit":
+        raise DiffmemError("--slurm-* options and --cluster-config need --executor submitit")
     base = _resolve(args)
     steps_for = None if args.steps_per_n is None else (lambda n, w: max(1, round(args.steps_per_n * n)))
     plan = plan_sweep(base, _int_list(args.n, "--n"), _int_list(args.width, "--width") if args.width else None,
                       _int_list(args.seeds, "--seeds") if args.seeds else None, steps_for=steps_for)
-    out = run_sweep(plan, args.out, workers=args.workers, executor=args.executor)
-    summary = make_report(out, Path(out) / "report", defs)
-    _print_summary(summary, args.json, Path(out) / "report")
-    return 0
+    out = run_sweep(plan, args.out, workers=args.workers, executor=args.executor, slurm=slurm)
+    failed = sweep_failures(out)
+    if len(failed) < len(plan):
+        summary = make_report(out, Path(out) / "report", defs, gallery_steps=steps, gallery_k=args.gallery_k)
+        _print_summary(summary, args.json, Path(out) / "report")
+    for f in failed:
+        print(f"diffmem: run {f['dir']} failed (attempt {f['attempts']}): {f['error']}", file=sys.stderr)
+    if failed:
+        print(f"diffmem: {len(failed)} of {len(plan)} runs failed (recorded in {Path(out) / 'sweep.json'}); "
+              "re-run the same command to retry them", file=sys.stderr)
+    return 1 if failed else 0
 
 
 def cmd_report(args) -> int:
     from .report import make_report
-    from .rundir import list_runs
+    from .report_html import parse_gallery_steps
+    from .rundir import Run, list_runs
 
     defs = _definitions(args)
-    list_runs(args.sweep)  # a sweep, not a run directory; every listed run present
-    out = Path(args.out) if args.out else Path(args.sweep) / "report"
-    summary = make_report(args.sweep, out, defs)
+    steps = parse_gallery_steps(args.gallery_steps)
+    _positive(args.gallery_k, "--gallery-k")
+    if (args.sweep is None) == (args.run is None):
+        raise DiffmemError("give --sweep SWEEP or --run RUN (one of them)")
+    if args.sweep is not None:
+        list_runs(args.sweep)  # a sweep, not a run directory; every listed run present
+    elif not Run(args.run).exists():
+        raise DiffmemError(f"--run {args.run} is not a diffmem run directory (no config.json)")
+    src = args.sweep or args.run
+    out = Path(args.out) if args.out else Path(src) / "report"
+    summary = make_report(src, out, defs, gallery_steps=steps, gallery_k=args.gallery_k)
     _print_summary(summary, args.json, out)
     return 0
 
@@ -279,16 +306,28 @@ def build_parser() -> argparse.ArgumentParser:
                    help="train each run for this many steps per training sample (steps = K n; the demo uses 480); "
                         "default: the config's steps for every n")
     q.add_argument("--workers", type=int, default=1, help="runs in parallel (local executor; default 1)")
-    q.add_argument("--executor", default="local", help="local, serial or submitit (SLURM)")
+    q.add_argument("--executor", default="local", choices=["local", "serial", "submitit"],
+                   help="local (process pool, default), serial, or submitit (SLURM job array; --slurm-cluster local: "
+                        "the same array as local subprocesses)")
+    from .sweep import CLUSTER_KEYS
+
+    for key, (_, typ, text) in CLUSTER_KEYS.items():
+        q.add_argument(f"--slurm-{key.replace('_', '-')}", dest=f"slurm_{key}", type=typ, help=text)
+    q.add_argument("--cluster-config", help="TOML file of cluster options (a [slurm] table: partition, time, gpus, "
+                   "mem, cpus, ...); --slurm-* flags override it")
     q.add_argument("--out", required=True, help="sweep directory: a run directory per (width, n, seed), sweep.json "
                    "and report/ (re-running resumes)")
     q.add_argument("--json", action="store_true", help="print the report summary as JSON")
     _add_report_args(q)
+    _add_gallery_args(q)
     q.set_defaults(func=cmd_sweep)
 
-    q = sub.add_parser("report", help="timescales, power-law fit and figures of a sweep directory")
-    q.add_argument("--sweep", required=True, help="sweep directory")
-    q.add_argument("--out", help="output folder (default SWEEP/report)")
+    q = sub.add_parser("report", help="timescales, power-law fit, figures and one self-contained report.html of a "
+                       "sweep or a run")
+    q.add_argument("--sweep", help="sweep directory")
+    q.add_argument("--run", help="one run directory (instead of --sweep)")
+    q.add_argument("--out", help="output folder (default SWEEP/report or RUN/report)")
+    _add_gallery_args(q)
     q.add_argument("--json", action="store_true", help="print the whole summary as JSON (default: a short table)")
     _add_report_args(q)
     q.set_defaults(func=cmd_report)
@@ -350,9 +389,9 @@ def main(argv: list[str] | None = None) -> int:
 
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
-    except KeyboardInterrupt:
-        print("diffmem: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM during a sweep (diffmem.sweep.SweepTerminated)
+        print(f"diffmem: {e}" if str(e) else "diffmem: interrupted", file=sys.stderr)
+        return 143 if type(e).__name__ == "SweepTerminated" else 130
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -19,7 +19,7 @@ import io
 
 import numpy as np
 
-__all__ = ["gallery_png", "gallery_html", "pick_gallery"]
+__all__ = ["gallery_png", "gallery_html", "gallery_table", "histogram_png", "pick_gallery"]
 
 
 def pick_gallery(ratio: np.ndarray, k: int) -> np.ndarray:
@@ -121,6 +121,22 @@ def gallery_html(pick, s_img, t1_img, t2_img, r: dict, threshold: float, shape: 
             f"<p>samples: <code>{esc(str(summary.get('samples', '')))}</code> &middot; training set: "
             f"<code>{esc(str(summary.get('train', '')))}</code> ({summary['n_train']} rows) &middot; distances in "
             f"{esc(str(summary.get('space', 'pixels')))} space</p>")
+    hist = f'<img class="hist" src="data:image/png;base64,{base64.b64encode(hist_png).decode()}">'
+    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>diffmem audit</title><style>
+body{{font-family:sans-serif;margin:2em;max-width:70em}} {GALLERY_CSS} img.hist{{max-width:100%}}</style></head>
+<body>{head}{hist}<h2>The {len(pick)} samples with the smallest d1/d2</h2>
+{gallery_table(pick, s_img, t1_img, t2_img, r, threshold, shape)}</body></html>
+"""
+    return page.encode("utf-8")
+
+
+GALLERY_CSS = ("table.gallery td{padding:4px 10px;text-align:center;font-size:0.85em} table.gallery th{font-size:0.85em}"
+               " table.gallery td img{width:96px;image-rendering:pixelated;border:1px solid #bbb}"
+               " table.gallery tr.mem td img{border:2px solid #c44e52}")
+
+
+def gallery_table(pick, s_img, t1_img, t2_img, r: dict, threshold: float, shape: tuple) -> str:
+    """The gallery's rows as one HTML ``<table class="gallery">`` (images embedded; style: :data:`GALLERY_CSS`)."""
     rows = []
     for j, i in enumerate(pick):
         mem = r["ratio"][i] < threshold
@@ -128,15 +144,8 @@ def gallery_html(pick, s_img, t1_img, t2_img, r: dict, threshold: float, shape: 
                     f"<td>{_img_tag(s_img[j], shape)}</td><td>{_img_tag(t1_img[j], shape)}<br>train {r['nearest'][i]}"
                     f"<br>d1 = {r['d1'][i]:.4g}</td><td>{_img_tag(t2_img[j], shape)}<br>train {r['second'][i]}"
                     f"<br>d2 = {r['d2'][i]:.4g}</td></tr>")
-    hist = f'<img class="hist" src="data:image/png;base64,{base64.b64encode(hist_png).decode()}">'
-    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>diffmem audit</title><style>
-body{{font-family:sans-serif;margin:2em;max-width:70em}} td{{padding:4px 10px;text-align:center;font-size:0.85em}}
-td img{{width:96px;image-rendering:pixelated;border:1px solid #bbb}} tr.mem td img{{border:2px solid #c44e52}}
-th{{font-size:0.85em}} img.hist{{max-width:100%}}</style></head><body>{head}{hist}
-<h2>The {len(pick)} samples with the smallest d1/d2</h2><table><tr><th>sample</th><th>d1/d2</th><th>sample</th>
-<th>nearest training image</th><th>second nearest</th></tr>{''.join(rows)}</table></body></html>
-"""
-    return page.encode("utf-8")
+    return ("<table class='gallery'><tr><th>sample</th><th>d1/d2</th><th>sample</th><th>nearest training image</th>"
+            f"<th>second nearest</th></tr>{''.join(rows)}</table>")
 
 
 def histogram_png(ratio: np.ndarray, threshold: float) -> bytes:

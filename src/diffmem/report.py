@@ -34,7 +34,7 @@ from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter, NullLo
 from matplotlib.transforms import blended_transform_factory
 
 from .analysis import Analysis, RunData, TauDefinitions, analyse
-from .fileio import atomic_write_json, save_figure
+from .fileio import atomic_write_json, atomic_write_text, save_figure
 from .timescales import Estimate
 
 __all__ = [
@@ -404,22 +404,30 @@ def render(analysis: Analysis, out_dir: str | Path) -> dict[str, str]:
 
 
 def make_report(source: str | Path, out_dir: str | Path, definitions: TauDefinitions | None = None,
-                write_summary: bool = True, **kw) -> dict[str, Any]:
-    """Analyse ``source`` (a sweep directory) and write its figures and ``summary.json`` into ``out_dir``.
+                write_summary: bool = True, html: bool = True, gallery_steps=("last",), gallery_k: int = 8,
+                **kw) -> dict[str, Any]:
+    """Analyse ``source`` (a sweep or one run directory) and write its figures, ``summary.json`` and the
+    self-contained ``report.html`` (:mod:`diffmem.report_html`; galleries at ``gallery_steps``) into ``out_dir``.
 
     ``definitions`` (or its fields as keywords, e.g. ``quality_metric=...``,
     ``tau_gen_reference="common"``, ``phase_multiples=(10, 30, 100)``) define
     the timescales (:class:`~diffmem.analysis.TauDefinitions`).  Returns the
-    summary (:meth:`Analysis.summary` plus ``figures``).
+    summary (:meth:`Analysis.summary` plus ``figures``, and ``html``: the page's path).
     """
     if definitions is not None and kw:
         raise TypeError("give definitions or its fields as keywords, not both")
+    from .report_html import html_report, parse_gallery_steps
+
+    gallery_steps = parse_gallery_steps(gallery_steps)
     analysis = analyse(source, definitions or TauDefinitions(**kw))
     out_dir = Path(out_dir)
     if analysis.runs and any(Path(out_dir).resolve() == r.path.resolve() for r in analysis.runs):
         raise ValueError("the report folder must not be a run directory")
     summary = analysis.summary()
     summary["figures"] = render(analysis, out_dir)
+    if html:
+        page = html_report(analysis, summary["figures"], gallery_steps, gallery_k)
+        summary["html"] = str(atomic_write_text(out_dir / "report.html", page))
     if write_summary:
         atomic_write_json(out_dir / "summary.json", summary)
     return summary
@@ -447,4 +455,6 @@ def summary_table(summary: dict) -> str:
         lines.append("fit tau_mem = kappa n^alpha: not enough reached tau_mem (need 2 distinct n)")
     lines.append(f"quality metric for tau_gen: {summary['quality_metric']}; tau_gen spread per width: "
                  + ", ".join(f"W={w}: {v:.2f}x" for w, v in summary["tau_gen_spread"].items()))
+    for fr in summary.get("failed_runs", []):
+        lines.append(f"FAILED {fr['dir']} (attempt {fr['attempts']}, left out above): {fr['error']}")
     return "\n".join(lines)

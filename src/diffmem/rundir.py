@@ -13,7 +13,7 @@ Layout (no other module builds a file name inside a run)::
     RUN/evaluations.jsonl    re-evaluations by ``diffmem evaluate`` (same format; never mixed into metrics.jsonl)
     RUN/quality_net.safetensors                 the feature net of the quality metrics (if trained here)
 
-    SWEEP/sweep.json         {"runs": [{"dir": ..., "n": ..., "width": ..., "seed": ...}, ...]}
+    SWEEP/sweep.json         {"runs": [{"dir": ..., "n": ..., "width": ..., "seed": ..., "status": ..., "error": ...}, ...]}
     SWEEP/<run>/             one run directory per (width, n, seed)
 
 Every write is atomic (a temporary file in the same folder, then a rename), so
@@ -50,6 +50,7 @@ __all__ = [
     "read_schedule",
     "list_runs",
     "write_sweep_index",
+    "read_sweep_index",
     "run_n",
     "run_width",
     "run_steps",
@@ -496,13 +497,28 @@ def write_sweep_index(sweep_dir: str | Path, runs: list[dict]) -> Path:
     return atomic_write_json(sweep / "sweep.json", {"runs": runs})
 
 
+def read_sweep_index(sweep_dir: str | Path) -> list[dict]:
+    """The entries of ``SWEEP/sweep.json`` as dicts (``dir`` and, written by :func:`diffmem.sweep.run_sweep`,
+    ``status``, ``error``, ``attempts``); ``[]`` without an index."""
+    index = Path(sweep_dir) / "sweep.json"
+    if not index.exists():
+        return []
+    try:
+        data = json.loads(index.read_text())
+    except json.JSONDecodeError as e:
+        raise DiffmemError(f"{index}: invalid JSON ({e.msg})") from None
+    entries = data.get("runs", []) if isinstance(data, dict) else data
+    return [e if isinstance(e, dict) else {"dir": e} for e in entries]
+
+
 def list_runs(sweep_dir: str | Path) -> list[Path]:
     """Run directories of a sweep.
 
     With ``SWEEP/sweep.json``: every run it lists (a list, or ``{"runs":
     [...]}``; entries are paths relative to the sweep or dicts with a
     ``"dir"`` key); a listed run whose directory is missing is an error (a
-    report that silently drops a run would be wrong).  Without it: every
+    report that silently drops a run would be wrong); a run recorded as
+    ``"status": "failed"`` is left out (the report lists it apart).  Without it: every
     sub-directory holding a ``config.json``, sorted by name.
     """
     sweep = Path(sweep_dir)
@@ -513,15 +529,10 @@ def list_runs(sweep_dir: str | Path) -> list[Path]:
                            "sweep.json); give the folder above it")
     index = sweep / "sweep.json"
     if index.exists():
-        try:
-            data = json.loads(index.read_text())
-        except json.JSONDecodeError as e:
-            raise DiffmemError(f"{index}: invalid JSON ({e.msg})") from None
-        entries = data.get("runs", []) if isinstance(data, dict) else data
         runs, missing = [], []
-        for e in entries:
-            rel = (e.get("dir") or e.get("path") or e.get("run_dir")) if isinstance(e, dict) else e
-            if rel is None:
+        for e in read_sweep_index(sweep):
+            rel = e.get("dir") or e.get("path") or e.get("run_dir")
+            if rel is None or e.get("status") == "failed":  # failed runs are reported apart, not analysed
                 continue
             p = Path(rel)
             p = p if p.is_absolute() else sweep / p
