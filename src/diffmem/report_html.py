@@ -5,7 +5,8 @@ figures :func:`diffmem.report.render` drew as one page: the PNGs embedded as
 base64, the τ table with its intervals (τ_gen, τ_mem, f_mem at the end with
 its Wilson 95 % interval, the FSW25 stop), the fit τ_mem = κ n^α, the runs
 that failed, the nearest-neighbour gallery (:mod:`diffmem.gallery`) of each
-run's saved samples at chosen checkpoints, and the configuration (keys shared
+run's saved samples at chosen checkpoints (what was copied, before the
+figures), and the configuration (keys shared
 by every run once, the others per run).  No script, no stylesheet or font
 from elsewhere: it opens from disk with no server and no network.
 ``diffmem report`` writes it as ``report.html`` beside the PNGs.
@@ -190,7 +191,7 @@ def _fit_section(summary: dict) -> str:
     if d.get("fit"):
         lines.append(f"fit: <code>{html.escape(str(d.get('fit')))}</code>")
     if summary.get("kappa_linear") is not None:
-        lines.append(f"FSW25 early stop: {html.escape(str(d.get('stop')))}, κ = τ_mem/n (median) = "
+        lines.append(f"early stop: {html.escape(str(d.get('stop')))}, κ = τ_mem/n (median) = "
                      f"{summary['kappa_linear']:.4g} steps per sample")
     head = ""
     if summary.get("slope") is not None:
@@ -288,8 +289,8 @@ def html_report(analysis, figures: dict[str, str], gallery_steps: Sequence = ("l
         ("timescales", "Timescales", _tau_table(analysis, summary)
          + "<p>τ in training steps; intervals are 95 %; τ_mem not reached is a lower bound (the run's length).</p>"),
         ("fit", "Fit and stopping rule", _fit_section(summary)),
-        ("figures", "Figures", "".join(figs) or "<p>No figures.</p>"),
         ("gallery", "Nearest-neighbour gallery", _gallery_section(analysis, gallery_steps, gallery_k)),
+        ("figures", "Figures", "".join(figs) or "<p>No figures.</p>"),
         ("config", "Configuration", _config_section(runs)),
     ]
     nav = "".join(f"<a href='#{sid}'>{name}</a>" for sid, name, _ in sections)
