@@ -119,7 +119,7 @@ def plot_gap_vs_fmem(runs: Sequence[RunData], path: str | Path, level: float) ->
     widths = sorted({r.width for r in runs}, key=lambda w: (w is None, w or 0))
     fig = Figure(figsize=(5.5 * len(widths) + 0.6, 6.4), layout="constrained")
     axes = fig.subplots(2, len(widths), squeeze=False, sharex=True)
-    fig.suptitle(f"Objective gap (top; dotted: τ_gap, peak ≥ {level:g}) long before memorisation (bottom; dashed: τ_mem)",
+    fig.suptitle(f"Objective gap (top; dotted: τ_gap, peak ≥ {level:g})\nbefore memorisation (bottom; dashed: τ_mem)",
                  fontsize=10)
     for j, w in enumerate(widths):
         top, bot = axes[0, j], axes[1, j]
