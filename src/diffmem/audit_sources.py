@@ -330,7 +330,7 @@ def _run_rows(run, step: int | None, role: str) -> Rows:
     if role == "train":
         if step is not None:
             raise DiffmemError(f"--train {run.path}@{step}: a run's training set has no step; give {run.path}")
-        x = ds.to_pixels(ds.subset(cfg.n, cfg.subset_seed)).numpy()
+        x = ds.to_pixels(ds.subset(cfg.n, cfg.subset_seed, cfg.subset_offset)).numpy()
         rows = ArrayRows(x, name=str(run.path), kind="run", info={"run": str(run.path), "data": cfg.data, "n": cfg.n,
                                                                    "what": "training subset, data space"})
         rows.run = run

@@ -143,6 +143,9 @@ class RunConfig:
     data: str = _opt("digits", str)  # digits | gmm[:d=8] | image folder path | .npy/.npz path
     n: int = _opt(64, int, lambda v: None if v >= 2 else "must be ≥ 2 (need at least 2 training points)")
     subset_seed: int = _opt(0, int, _ge(0))
+    # training points n of the shuffled pool start at this index (0: the nested prefix); the two-halves test
+    # (diffmem.two_halves) trains on subset_offset=0 and subset_offset=n, disjoint sets of one shuffle
+    subset_offset: int = _opt(0, int, _ge(0))
     seed: int = _opt(0, int, _ge(0))  # initialisation, batches, noise draws (per-step reseeding)
     steps: int = _opt(20000, int, lambda v: None if v > 0 else "must be positive (number of steps)")
     batch_max: int = _opt(512, int, _ge(1))  # batch = min(n, batch_max): full batch when n <= batch_max
@@ -157,7 +160,10 @@ class RunConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        d = dataclasses.asdict(self)
+        if not d["subset_offset"]:  # absent when 0: configs (and run directories) of earlier runs unchanged
+            del d["subset_offset"]
+        return d
 
     @classmethod
     def from_dict(cls, d: dict) -> "RunConfig":

@@ -36,18 +36,22 @@ class Dataset:
         """Token sequences (masked discrete diffusion) rather than continuous data."""
         return self.meta.get("kind") == "tokens"
 
-    def subset(self, n: int, seed: int = 0) -> torch.Tensor:
-        """The first ``n`` points of the pool shuffled with ``seed`` (nested in n)."""
-        n = int(n)
+    def subset(self, n: int, seed: int = 0, offset: int = 0) -> torch.Tensor:
+        """The first ``n`` points of the pool shuffled with ``seed`` (nested in n); with ``offset``, the
+        ``n`` points after the first ``offset`` (``offset = n``: disjoint from the first ``n``)."""
+        n, offset = int(n), int(offset)
         if n < 1:
             raise DiffmemError(f"training-set size n must be positive, got {n}")
-        if n > len(self.pool):
-            raise DiffmemError(f"n = {n} exceeds the {len(self.pool)} training-eligible points of {self.name!r}")
-        return self.pool[self.subset_indices(n, seed)]
+        if offset < 0:
+            raise DiffmemError(f"subset_offset must be ≥ 0, got {offset}")
+        if n + offset > len(self.pool):
+            extra = f" after subset_offset = {offset}" if offset else ""
+            raise DiffmemError(f"n = {n}{extra} exceeds the {len(self.pool)} training-eligible points of {self.name!r}")
+        return self.pool[self.subset_indices(n, seed, offset)]
 
-    def subset_indices(self, n: int, seed: int = 0) -> torch.Tensor:
+    def subset_indices(self, n: int, seed: int = 0, offset: int = 0) -> torch.Tensor:
         perm = torch.randperm(len(self.pool), generator=torch.Generator().manual_seed(int(seed)))
-        return perm[: int(n)]
+        return perm[int(offset): int(offset) + int(n)]
 
     def to_pixels(self, x: torch.Tensor) -> torch.Tensor:
         """Model space → [−1, 1] pixel space (undo the centring)."""

@@ -317,7 +317,7 @@ def evaluate_run(run_dir, steps: list[int] | None = None, overrides: list[str] |
     if not path.parent.is_dir():
         raise DiffmemError(f"--out {path}: folder {path.parent} does not exist")
     ds = load_dataset(cfg.data)
-    train_set = ds.subset(cfg.n, cfg.subset_seed)
+    train_set = ds.subset(cfg.n, cfg.subset_seed, cfg.subset_offset)
     ev_cls = evaluator_class(cfg, ds)
     ev_cls.check(cfg, ds)
     ev = ev_cls(cfg, ds, train_set, run, device, save_samples=False)

@@ -88,7 +88,7 @@ def run_training_set(run_dir, space: str = "data") -> tuple[np.ndarray, dict]:
     if not run.exists():
         raise DiffmemError(f"{run.path} is not a diffmem run directory")
     cfg, ds = _dataset(run)
-    x = ds.subset(cfg.n, cfg.subset_seed)
+    x = ds.subset(cfg.n, cfg.subset_seed, cfg.subset_offset)
     x = (ds.to_pixels(x) if space == "data" else x).numpy()
     return x, {"data": cfg.data, "n": cfg.n, "subset_seed": cfg.subset_seed, "space": space}
 

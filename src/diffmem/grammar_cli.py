@@ -67,6 +67,22 @@ def cmd_check(args) -> int:
     return 0
 
 
+def cmd_demo(args) -> int:
+    from .errors import DiffmemError
+    from .grammar_demo import run_grammar_demo
+
+    try:
+        workers = int(args.workers)
+    except ValueError:
+        workers = 0
+    if workers < 1:
+        raise DiffmemError(f"--workers must be a positive integer, got {args.workers!r}")
+    summary = run_grammar_demo(args.out, quick=args.quick, workers=workers)
+    print(json.dumps(summary.get("headline", {}), indent=2))
+    print(f"figures and summary.json in {args.out}")
+    return 0
+
+
 def register(sub) -> None:
     """Add ``grammar rules | sample | check`` to an argparse subparsers object."""
     p = sub.add_parser("grammar", help="FSW25: the random hierarchy model (rules, samples, per-level validity)")
@@ -97,3 +113,13 @@ def register(sub) -> None:
     q.add_argument("--sequences", required=True, help=".npy of integer sequences (N, s**L)")
     q.add_argument("--json", action="store_true", help="print one JSON object")
     q.set_defaults(func=cmd_check)
+
+    q = gs.add_parser("demo", help="FSW25 demo: rhm runs at n = 32…256, levels, tau_mem ∝ n, stopping rule, two "
+                      "halves (≈ 20 min on 2 cores)")
+    q.add_argument("--out", required=True, help="output directory (finished runs in it are skipped)")
+    q.add_argument("--quick", action="store_true", help="tiny version (seconds; a smoke test)")
+    q.add_argument("--workers", default="2", help="parallel runs (default 2)")
+    q.set_defaults(func=cmd_demo)
+    from .two_halves_cli import register as register_two_halves
+
+    register_two_halves(sub)  # top level: images too

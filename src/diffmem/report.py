@@ -390,10 +390,12 @@ def render(analysis: Analysis, out_dir: str | Path) -> dict[str, str]:
     runs = analysis.runs
     if all(r.f_mem is None or r.f_mem[0].max() <= 0 for r in runs):  # closed forms: no training-time axis
         return {"f_mem_vs_n": str(plot_fmem_vs_n(runs, out_dir / "fmem_vs_n.png"))}
+    from .report_grammar import render_grammar
     from .report_kk26 import render_kk26
 
     return {
         **render_kk26(analysis, out_dir),
+        **render_grammar(analysis, out_dir),  # token runs that recorded validity (FSW25)
         "quality": str(plot_quality(runs, out_dir / "quality.png")),
         "f_mem": str(plot_fmem(runs, out_dir / "fmem.png")),
         "collapse": str(plot_collapse(runs, out_dir / "collapse.png")),

@@ -199,7 +199,7 @@ class Run:
             if step not in (None, 0):
                 raise DiffmemError(f"run {self.path} is a closed form ({cfg.model.name}): its only step is 0")
             ds = dataset if dataset is not None else load_dataset(cfg.data)
-            den, _ = build_model(cfg.model, shape, ds, ds.subset(cfg.n, cfg.subset_seed).to(device))
+            den, _ = build_model(cfg.model, shape, ds, ds.subset(cfg.n, cfg.subset_seed, cfg.subset_offset).to(device))
             return den, cfg
         steps = self.checkpoint_steps()
         if not steps:

@@ -170,7 +170,7 @@ def train(cfg: RunConfig, run: str | Path | Run, callbacks: Sequence[Callback] =
     device = torch.device(cfg.device)
 
     ds = dataset if dataset is not None else load_dataset(cfg.data)
-    train_set = ds.subset(cfg.n, cfg.subset_seed).to(device)
+    train_set = ds.subset(cfg.n, cfg.subset_seed, cfg.subset_offset).to(device)
     ev_cls = evaluator_class(cfg, ds)  # Evaluator, or SequenceEvaluator for token data (a mismatch is an error)
     ev_cls.check(cfg, ds)
     closed = MODELS[cfg.model.name].kind == "closed_form"
