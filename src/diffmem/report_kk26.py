@@ -237,15 +237,17 @@ def plot_kl(runs: Sequence[RunData], path: str | Path) -> Path:
         s, kl, se = r.kk26["kl"]
         ok = s > 0
         top.plot(s[ok], kl[ok], "-", lw=1.3, color=col(r.n), label=_name(r))
-        if np.isfinite(se).any():
-            top.fill_between(s[ok], (kl - 2 * se)[ok], (kl + 2 * se)[ok], color=col(r.n), alpha=0.2, lw=0)
+        if np.isfinite(se).any():  # on a log axis: the lower edge is clipped at a tenth of the value
+            lo = np.maximum(kl - 2 * se, 0.1 * np.abs(kl))
+            top.fill_between(s[ok], lo[ok], (kl + 2 * se)[ok], color=col(r.n), alpha=0.2, lw=0)
         if r.f_mem is not None:
             fs, fv = r.f_mem[0], r.f_mem[1]
             bot.plot(fs[fs > 0], fv[fs > 0], "-", lw=1.3, color=col(r.n))
             if r.tau_mem is not None and r.tau_mem.reached:
                 _mark(bot, r.tau_mem.value, col(r.n), "--")
-    top.set_yscale("symlog", linthresh=0.01)
-    top.set_ylabel("KL(P_θ ‖ P_0) (nats, ± 2 SE)")
+    vals = np.concatenate([r.kk26["kl"][1] for r in runs]) if runs else np.array([1.0])
+    top.set_yscale("log" if np.all(vals > 0) else "symlog", **({} if np.all(vals > 0) else {"linthresh": 0.1}))
+    top.set_ylabel("KL(P_θ ‖ P_0), nats (band: ± 2 SE)")
     top.set_title("PF-ODE likelihood: KL of the model to the data (top), memorisation (bottom; dashed: τ_mem)",
                   fontsize=9)
     bot.set_ylabel("f_mem")
