@@ -30,7 +30,7 @@ def _public(res: dict) -> dict:
 
 def cmd_sample(args) -> int:
     from .bdkos25 import build_closed_form, check_sampling_args, plot_collapse, sample_closed_form
-    from .fileio import save_figure
+    from .fileio import atomic_write_json, save_figure
 
     check_sampling_args(args.schedule, args.n_samples, args.t_end, args.tol, args.rtol, args.atol, args.n_boot)
     train = _train(args.data)
@@ -42,7 +42,7 @@ def cmd_sample(args) -> int:
         d = Path(args.out)
         d.mkdir(parents=True, exist_ok=True)
         save_figure(plot_collapse(res), d / "collapse.png", dpi=120)
-        (d / "result.json").write_text(json.dumps(out, indent=2))
+        atomic_write_json(d / "result.json", out)
     if args.json:
         print(json.dumps(out))
     else:
@@ -54,14 +54,14 @@ def cmd_sample(args) -> int:
 
 def cmd_table(args) -> int:
     from .bdkos25 import check_sampling_args, plot_table, reference_table
-    from .fileio import save_figure
+    from .fileio import atomic_write_json, save_figure
 
     check_sampling_args("ve", args.n_samples, args.t_end, args.tol, n_boot=args.n_boot)
     train = _train(args.data)
     tab = reference_table(train, args.n_samples, args.seed, args.t_end, args.tol, n_boot=args.n_boot)
     d = Path(args.out)
     d.mkdir(parents=True, exist_ok=True)
-    (d / "table.json").write_text(json.dumps(tab, indent=2))
+    atomic_write_json(d / "table.json", tab)
     save_figure(plot_table(tab), d / "table.png", dpi=120)
     if args.json:
         print(json.dumps(tab))
