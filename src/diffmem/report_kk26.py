@@ -113,6 +113,27 @@ def _mark(ax, x, color, style):
         ax.axvline(x, color=color, ls=style, lw=1.0, alpha=0.8)
 
 
+def _fmem_curve(ax, r: RunData, color) -> None:
+    """f_mem against τ with τ_mem marked (dashed), on the lower panel of a two-row figure."""
+    if r.f_mem is None:
+        return
+    fs, fv = r.f_mem[0], r.f_mem[1]
+    ax.plot(fs[fs > 0], fv[fs > 0], "-", lw=1.3, color=color)
+    if r.tau_mem is not None and r.tau_mem.reached:
+        _mark(ax, r.tau_mem.value, color, "--")
+
+
+def _finish_pair(top, bot) -> None:
+    """Shared log τ axis, grids, labels and the legend of a (measure, f_mem) two-row figure."""
+    bot.set_ylabel("f_mem")
+    bot.set_xlabel("training step τ")
+    for ax in (top, bot):
+        ax.set_xscale("log")
+        ax.grid(True, which="both", alpha=0.3)
+    if top.get_legend_handles_labels()[0]:
+        top.legend(fontsize=8)
+
+
 def plot_gap_vs_fmem(runs: Sequence[RunData], path: str | Path, level: float) -> Path:
     runs = _sorted([r for r in runs if "gap_peak" in r.kk26])
     col = _n_color(runs)
@@ -128,23 +149,13 @@ def plot_gap_vs_fmem(runs: Sequence[RunData], path: str | Path, level: float) ->
             ok = s > 0
             top.plot(s[ok], pk[ok], "-", lw=1.3, color=col(r.n), label=f"n={r.n}" + (f", seed {r.seed}" if r.seed else ""))
             _mark(top, r.tau_gap, col(r.n), ":")
-            if r.f_mem is not None:
-                fs, fv = r.f_mem[0], r.f_mem[1]
-                bot.plot(fs[fs > 0], fv[fs > 0], "-", lw=1.3, color=col(r.n))
-                if r.tau_mem is not None and r.tau_mem.reached:
-                    _mark(bot, r.tau_mem.value, col(r.n), "--")
-                _mark(bot, r.tau_gap, col(r.n), ":")
+            _fmem_curve(bot, r, col(r.n))
+            _mark(bot, r.tau_gap, col(r.n), ":")
         top.axhline(level, color="grey", lw=0.8, ls="--")
         top.set_yscale("symlog", linthresh=0.1)
         top.set_title("all runs" if w is None else f"width W = {w}", fontsize=10)
         top.set_ylabel("peak of G(σ) over σ")
-        bot.set_ylabel("f_mem")
-        bot.set_xlabel("training step τ")
-        for ax in (top, bot):
-            ax.set_xscale("log")
-            ax.grid(True, which="both", alpha=0.3)
-        if top.get_legend_handles_labels()[0]:
-            top.legend(fontsize=8)
+        _finish_pair(top, bot)
     return save_figure(fig, path, dpi=120)
 
 
@@ -240,23 +251,13 @@ def plot_kl(runs: Sequence[RunData], path: str | Path) -> Path:
         if np.isfinite(se).any():  # on a log axis: the lower edge is clipped at a tenth of the value
             lo = np.maximum(kl - 2 * se, 0.1 * np.abs(kl))
             top.fill_between(s[ok], lo[ok], (kl + 2 * se)[ok], color=col(r.n), alpha=0.2, lw=0)
-        if r.f_mem is not None:
-            fs, fv = r.f_mem[0], r.f_mem[1]
-            bot.plot(fs[fs > 0], fv[fs > 0], "-", lw=1.3, color=col(r.n))
-            if r.tau_mem is not None and r.tau_mem.reached:
-                _mark(bot, r.tau_mem.value, col(r.n), "--")
+        _fmem_curve(bot, r, col(r.n))
     vals = np.concatenate([r.kk26["kl"][1] for r in runs]) if runs else np.array([1.0])
     top.set_yscale("log" if np.all(vals > 0) else "symlog", **({} if np.all(vals > 0) else {"linthresh": 0.1}))
     top.set_ylabel("KL(P_θ ‖ P_0), nats (band: ± 2 SE)")
     top.set_title("PF-ODE likelihood: KL of the model to the data (top), memorisation (bottom; dashed: τ_mem)",
                   fontsize=9)
-    bot.set_ylabel("f_mem")
-    bot.set_xlabel("training step τ")
-    for ax in (top, bot):
-        ax.set_xscale("log")
-        ax.grid(True, which="both", alpha=0.3)
-    if top.get_legend_handles_labels()[0]:
-        top.legend(fontsize=8)
+    _finish_pair(top, bot)
     return save_figure(fig, path, dpi=120)
 
 
