@@ -51,18 +51,6 @@ def _int_list(text: str, name: str) -> list[int]:
         raise DiffmemError(f"{name}: expected a comma-separated list of integers, got {text!r}") from None
 
 
-def _out_file(path: str, suffixes: tuple[str, ...]) -> Path:
-    """Check an output file name before any work: its suffix and that its folder exists."""
-    out = Path(path)
-    if out.suffix.lower() not in suffixes:
-        raise DiffmemError(f"--out must end in {' or '.join(suffixes)}, got {out}")
-    if out.is_dir():
-        raise DiffmemError(f"--out {out} is a directory; give a file name")
-    if not out.parent.is_dir():
-        raise DiffmemError(f"--out {out}: folder {out.parent} does not exist")
-    return out
-
-
 def _add_report_args(q) -> None:
     """Options of the timescale definitions (shared by ``report`` and ``sweep``)."""
     q.add_argument("--quality-metric", help="metric for tau_gen, e.g. quality/fd_pixel (default: fid, fd_feat, kid, "

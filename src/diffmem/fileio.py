@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 __all__ = ["atomic_write", "atomic_write_text", "atomic_write_json", "atomic_write_npy", "atomic_write_folder",
-           "save_figure"]
+           "save_figure", "check_out_file"]
 
 
 
@@ -99,3 +99,18 @@ def atomic_write_folder(path: str | Path, fill: Callable[[Path], None]) -> Path:
         if tmp.exists():
             shutil.rmtree(tmp)
     return path
+
+
+def check_out_file(path, suffixes: tuple[str, ...]) -> Path:
+    """Check an output file name before any work: its suffix (one of ``suffixes``), that it is not a
+    folder and that its folder exists (one-line :class:`~diffmem.errors.DiffmemError` otherwise)."""
+    from .errors import DiffmemError
+
+    out = Path(path)
+    if out.suffix.lower() not in suffixes:
+        raise DiffmemError(f"--out must end in {' or '.join(suffixes)}, got {out}")
+    if out.is_dir():
+        raise DiffmemError(f"--out {out} is a directory; give a file name")
+    if not out.parent.is_dir():
+        raise DiffmemError(f"--out {out}: folder {out.parent} does not exist")
+    return out

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import DiffmemError
+from ..fileio import check_out_file
 from .parse import parse
 from .rhm import RHM
 
@@ -29,14 +30,7 @@ def rules_report(g: RHM) -> dict:
 
 
 def _check_out(path) -> Path:
-    out = Path(path)
-    if out.suffix.lower() != ".npy":
-        raise DiffmemError(f"--out must end in .npy, got {out}")
-    if out.is_dir():
-        raise DiffmemError(f"--out {out} is a directory; give a file name")
-    if not out.parent.is_dir():
-        raise DiffmemError(f"--out {out}: folder {out.parent} does not exist")
-    return out
+    return check_out_file(path, (".npy",))
 
 
 def _int(value, name: str, lo: int) -> int:
